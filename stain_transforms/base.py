@@ -1,0 +1,56 @@
+"""The base of every stain_transforms transform: a ``torchvision.transforms.v2.Transform``.
+
+Subclasses implement :meth:`StainTransform.apply_batch` on a (B, 3, H, W) float batch in [0, 1].
+This class does the rest: input validation, type conversion back to what the user gave, and the
+v2 conventions (dicts and tuples pass through with only their image entries changed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2._utils import is_pure_tensor
+
+from .io import to_batch
+
+
+def _is_plain_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_pure_tensor(x)
+
+
+class StainTransform(v2.Transform):
+    """A v2 transform that accepts numpy HWC, CHW/BCHW tensors and PIL images, and returns the same.
+
+    In a dict or tuple sample, ``tv_tensors.Image`` and PIL images are transformed; plain tensors and
+    numpy arrays are treated as images only when the sample has no explicit image, and then only the
+    first one, as torchvision does. Masks, boxes, labels and other entries pass through untouched.
+    """
+
+    _transformed_types = (tv_tensors.Image, PIL.Image.Image, _is_plain_array)
+
+    def _needs_transform_list(self, flat_inputs: list[Any]) -> list[bool]:
+        explicit_image = any(isinstance(x, (tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)) for x in flat_inputs)
+        first_plain_pending = not explicit_image
+        needs = []
+        for x in flat_inputs:
+            if isinstance(x, (tv_tensors.Image, PIL.Image.Image)):
+                needs.append(True)
+            elif _is_plain_array(x) and first_plain_pending:
+                first_plain_pending = False
+                needs.append(True)
+            else:
+                needs.append(False)
+        return needs
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        batch, restore = to_batch(inpt)
+        return restore(self.apply_batch(batch, params))
+
+    def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """Transform a validated (B, 3, H, W) float batch in [0, 1]; must not modify ``batch``."""
+        raise NotImplementedError

@@ -1,0 +1,38 @@
+"""Tissue masks: which pixels carry stain, and whether an image has enough of them to normalize."""
+
+from __future__ import annotations
+
+import torch
+
+from .color import _srgb_to_linear
+
+# Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
+BLACK_LEVEL = 10.0 / 255.0
+
+
+def luminosity(rgb: torch.Tensor) -> torch.Tensor:
+    """CIE lightness L*/100 in [0, 1] of a (B, 3, H, W) sRGB batch, shape (B, H, W)."""
+    linear = _srgb_to_linear(rgb)
+    y = 0.212671 * linear[:, 0] + 0.715160 * linear[:, 1] + 0.072169 * linear[:, 2]
+    return torch.where(y > 0.008856, 1.16 * y.clamp(min=0.008856) ** (1 / 3) - 0.16, 9.033 * y)
+
+
+def tissue_mask(rgb: torch.Tensor, luminosity_threshold: float = 0.8) -> torch.Tensor:
+    """Boolean (B, H, W) mask of stained pixels.
+
+    A pixel is tissue when its lightness L*/100 is below ``luminosity_threshold`` (bright glass
+    background is excluded, as in StainTools) and it is not clipped black (max channel < 10/255).
+
+    Example:
+        >>> rgb = torch.ones(1, 3, 2, 2); rgb[0, :, 0, 0] = torch.tensor([0.6, 0.3, 0.6])
+        >>> tissue_mask(rgb).sum().item()
+        1
+    """
+    not_black = rgb.amax(dim=1) >= BLACK_LEVEL
+    return (luminosity(rgb) < luminosity_threshold) & not_black
+
+
+def has_enough_tissue(mask: torch.Tensor, min_fraction: float, min_pixels: int = 16) -> torch.Tensor:
+    """Boolean (B,) flag: at least ``min_fraction`` of the pixels and ``min_pixels`` pixels are tissue."""
+    counts = mask.flatten(1).sum(dim=1)
+    return (counts >= min_pixels) & (counts >= min_fraction * mask[0].numel())

@@ -1,0 +1,195 @@
+"""Type juggling and input validation.
+
+Every transform works internally on a (B, 3, H, W) float tensor in [0, 1]. :func:`to_batch` turns
+whatever the user gave into that form, after checking it, and returns a function that turns a result
+back into the user's type, layout, dtype and device ("same in, same out"). The user's data is never
+modified: the batch is always a fresh tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+MIN_SIDE = 2
+FLOAT_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (rounding); they are clipped
+
+ImageLike = Any  # np.ndarray | torch.Tensor | PIL.Image.Image
+Restore = Callable[[torch.Tensor], ImageLike]
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+def _check_channels(channels: int, x: Any, hint: str) -> None:
+    if channels == 3:
+        return
+    if channels == 1:
+        raise ValueError(f"grayscale input is not supported ({_describe(x)}); stain methods need RGB. {hint}")
+    if channels == 4:
+        raise ValueError(f"RGBA input is not supported ({_describe(x)}); drop the alpha channel first. {hint}")
+    raise ValueError(f"expected 3 colour channels, got {channels} ({_describe(x)}). {hint}")
+
+
+def _check_values(batch: torch.Tensor, integer_input: bool, x: Any) -> torch.Tensor:
+    if batch.numel() == 0:
+        raise ValueError(f"empty image ({_describe(x)}): every side must be at least {MIN_SIDE} pixels")
+    height, width = batch.shape[-2:]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"image too small ({_describe(x)}): every side must be at least {MIN_SIDE} pixels")
+    if integer_input:
+        return batch
+    if not torch.isfinite(batch).all():
+        raise ValueError(f"input contains NaN or infinite values ({_describe(x)}); clean it before normalizing")
+    low, high = batch.min().item(), batch.max().item()
+    if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+        raise ValueError(
+            f"float input must lie in [0, 1], got values in [{low:.4g}, {high:.4g}] ({_describe(x)}); "
+            "divide 0-255 data by 255, or pass uint8"
+        )
+    return batch.clamp(0.0, 1.0)
+
+
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _from_uint8_or_float(t: torch.Tensor, x: Any) -> tuple[torch.Tensor, bool]:
+    if t.dtype == torch.uint8:
+        return t.to(torch.float32) / 255.0, True
+    if t.dtype.is_floating_point:
+        return t.to(_working_dtype(t.dtype), copy=True), False
+    raise ValueError(f"unsupported dtype {t.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
+
+
+def _to_output_dtype(batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.uint8:
+        return (batch * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return batch.clamp(0.0, 1.0).to(dtype)
+
+
+def _tensor_to_batch(x: torch.Tensor) -> tuple[torch.Tensor, Restore]:
+    hint = "Tensors must be channel-first: (3, H, W) or (B, 3, H, W)."
+    if x.ndim == 2:
+        _check_channels(1, x, hint)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected a (3, H, W) or (B, 3, H, W) tensor, got {_describe(x)}")
+    channels = x.shape[-3]
+    if channels != 3 and x.shape[-1] in (3, 4) and channels not in (1, 4):
+        raise ValueError(f"tensor looks channel-last ({_describe(x)}). {hint} Use x.permute(2, 0, 1).")
+    _check_channels(channels, x, hint)
+    batch, integer_input = _from_uint8_or_float(x.detach().reshape(-1, *x.shape[-3:]), x)
+    batch = _check_values(batch, integer_input, x)
+    shape, dtype = x.shape, x.dtype
+
+    def restore(out: torch.Tensor) -> torch.Tensor:
+        result = _to_output_dtype(out, dtype).reshape(shape)
+        # Tensor subclasses (MONAI MetaTensor, tv_tensors.Image) keep their type and metadata.
+        if type(x) is not torch.Tensor:
+            result = _wrap_like(result, x)
+        return result
+
+    return batch, restore
+
+
+def _wrap_like(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    try:
+        from torchvision import tv_tensors
+
+        if isinstance(like, tv_tensors.TVTensor):
+            return tv_tensors.wrap(result, like=like)
+    except ImportError:  # pragma: no cover - torchvision is a core dependency
+        pass
+    if hasattr(like, "meta") and hasattr(like, "applied_operations"):  # MONAI MetaTensor
+        return type(like)(result, meta=dict(like.meta), applied_operations=list(like.applied_operations))
+    return result.as_subclass(type(like))
+
+
+def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
+    hint = "NumPy arrays must be channel-last: (H, W, 3) or (B, H, W, 3)."
+    if x.ndim == 2:
+        _check_channels(1, x, hint)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) or (B, H, W, 3) array, got {_describe(x)}")
+    channels = x.shape[-1]
+    if channels != 3 and x.shape[-3] in (3, 4) and channels not in (1, 4):
+        raise ValueError(f"array looks channel-first ({_describe(x)}). {hint} Use np.moveaxis(x, 0, -1).")
+    _check_channels(channels, x, hint)
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"unsupported dtype {x.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
+    # torch.tensor copies, so read-only and non-contiguous arrays are fine and never written to.
+    t = torch.tensor(np.asarray(x).reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2)
+    batch, integer_input = _from_uint8_or_float(t, x)
+    batch = _check_values(batch.contiguous(), integer_input, x)
+    shape, dtype = x.shape, x.dtype
+
+    def restore(out: torch.Tensor) -> np.ndarray:
+        out = _to_output_dtype(out, torch.uint8 if dtype == np.uint8 else torch.float64)
+        return out.permute(0, 2, 3, 1).cpu().numpy().astype(dtype, copy=False).reshape(shape)
+
+    return batch, restore
+
+
+def _pil_to_batch(x: PIL.Image.Image) -> tuple[torch.Tensor, Restore]:
+    if x.mode in ("L", "1", "I", "I;16", "F"):
+        raise ValueError(f"grayscale PIL image (mode {x.mode!r}) is not supported; stain methods need RGB")
+    if x.mode in ("RGBA", "LA", "P", "PA"):
+        raise ValueError(f"PIL image mode {x.mode!r} is not supported; use image.convert('RGB') first")
+    if x.mode != "RGB":
+        raise ValueError(f"PIL image mode {x.mode!r} is not supported; use image.convert('RGB') first")
+    batch, restore_array = _numpy_to_batch(np.asarray(x))
+    return batch, lambda out: PIL.Image.fromarray(restore_array(out))
+
+
+def to_batch(x: ImageLike) -> tuple[torch.Tensor, Restore]:
+    """Validate ``x`` and return ``(batch, restore)``.
+
+    ``batch`` is a fresh (B, 3, H, W) float tensor in [0, 1] on ``x``'s device (float64 for float64
+    input, float32 otherwise); ``restore(out)`` converts a batch of the same shape back to ``x``'s
+    type, layout, dtype and device.
+
+    Raises:
+        ValueError: naming the problem, for grayscale, RGBA, wrong layout, unsupported dtype,
+            NaN/inf, float values outside [0, 1], or a side shorter than 2 pixels.
+
+    Example:
+        >>> img = np.full((4, 4, 3), 200, dtype=np.uint8)
+        >>> batch, restore = to_batch(img)
+        >>> tuple(batch.shape), restore(batch).dtype
+        ((1, 3, 4, 4), dtype('uint8'))
+    """
+    if isinstance(x, torch.Tensor):
+        return _tensor_to_batch(x)
+    if isinstance(x, np.ndarray):
+        return _numpy_to_batch(x)
+    if isinstance(x, PIL.Image.Image):
+        return _pil_to_batch(x)
+    raise ValueError(f"unsupported input type {type(x).__name__}; pass a numpy array, a torch tensor or a PIL image")
+
+
+def iter_batches(images: Any) -> Iterator[torch.Tensor]:
+    """Yield (B, 3, H, W) float batches from one image, a list of images, or any iterable of them.
+
+    Items of an iterable that are ``(image, label, ...)`` tuples (as a DataLoader yields) or dicts
+    with an ``"image"`` key contribute their image.
+    """
+    if isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image)):
+        yield to_batch(images)[0]
+        return
+    if isinstance(images, (str, bytes)):
+        raise ValueError("fit() takes images, not paths; load them first (e.g. with PIL.Image.open)")
+    if not isinstance(images, Iterable):
+        raise ValueError(f"cannot fit on {type(images).__name__}; pass an image, a list or an iterable of images")
+    for item in images:
+        if isinstance(item, dict):
+            item = item["image"]
+        elif isinstance(item, (tuple, list)) and not isinstance(images, (tuple, list)):
+            item = item[0]
+        yield to_batch(item)[0]

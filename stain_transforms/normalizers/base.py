@@ -1,0 +1,179 @@
+"""Fit-then-transform normalizers whose fitted state is a set of registered buffers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sized
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..base import StainTransform
+from ..functional.tissue import has_enough_tissue, tissue_mask
+from ..io import iter_batches
+
+# An image whose channels all span less than this is a single colour: nothing to normalize.
+MIN_COLOUR_RANGE = 2.0 / 255.0
+# Fitting on more images than this shows a progress bar.
+PROGRESS_MIN_ITEMS = 8
+
+_REGISTRY: dict[str, type[StainNormalizer]] = {}
+
+
+class StainNormalizer(StainTransform):
+    """Base class: ``fit(reference images)`` then ``forward(images)``.
+
+    Subclasses describe an image by per-image statistics (:meth:`image_statistics`, e.g. Lab
+    mean/std or a stain matrix). Fitting computes them on every reference image with enough tissue
+    and pools them with the element-wise **median** over images, which ignores a minority of odd
+    references (a tile of fat, a pen mark) where a mean would not. One reference image is the
+    special case of a pool of one. The pooled values live in buffers named ``target_<statistic>``.
+
+    Images with less than ``min_tissue_fraction`` tissue, and single-colour images (white, black,
+    flat), are returned unchanged: there is no stain to normalize, and estimating one would invent
+    colour. :meth:`informative` says which images of a batch are normalized.
+
+    Args:
+        luminosity_threshold: pixels with lightness L*/100 at or above this are background.
+        min_tissue_fraction: the minimum fraction of tissue pixels for an image to be normalized.
+    """
+
+    statistics: tuple[str, ...] = ()
+
+    def __init__(self, *, luminosity_threshold: float = 0.8, min_tissue_fraction: float = 0.01) -> None:
+        super().__init__()
+        if not 0.0 < luminosity_threshold <= 1.0:
+            raise ValueError(f"luminosity_threshold must be in (0, 1], got {luminosity_threshold}")
+        if not 0.0 <= min_tissue_fraction <= 1.0:
+            raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
+        self.luminosity_threshold = luminosity_threshold
+        self.min_tissue_fraction = min_tissue_fraction
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serialisable, so ``type(self)(**self.config)`` rebuilds it."""
+        return {"luminosity_threshold": self.luminosity_threshold, "min_tissue_fraction": self.min_tissue_fraction}
+
+    def image_statistics(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image statistics of a batch of informative images: name -> (B, ...) tensor."""
+        raise NotImplementedError
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """Map a batch of informative images onto the fitted target."""
+        raise NotImplementedError
+
+    def pool(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Combine one statistic over the reference images (N, ...) into the target (...)."""
+        return values.quantile(0.5, dim=0) if values.shape[0] > 1 else values[0]
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    def fit(self, images: Any, progress: bool | None = None) -> StainNormalizer:
+        """Fit the target statistics on one or many reference images; returns ``self``.
+
+        Args:
+            images: one image (numpy HWC, tensor CHW/BCHW, PIL), a list of them, or any iterable
+                of them, e.g. a DataLoader yielding batches or ``(image, label)`` pairs.
+            progress: show a tqdm bar; by default shown for iterables of more than 8 items or of
+                unknown length.
+
+        Raises:
+            ValueError: when no reference image has enough tissue to estimate statistics from.
+        """
+        if progress is None:
+            single = isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image))
+            progress = not single and (not isinstance(images, Sized) or len(images) > PROGRESS_MIN_ITEMS)
+        collected: dict[str, list[torch.Tensor]] = {name: [] for name in self.statistics}
+        seen = 0
+        for batch in tqdm(iter_batches(images), desc=f"fit {type(self).__name__}", disable=not progress, unit="batch"):
+            seen += batch.shape[0]
+            usable = batch[self.informative(batch)]
+            if usable.shape[0] == 0:
+                continue
+            for name, value in self.image_statistics(usable).items():
+                collected[name].append(value.detach().to("cpu", torch.float64))
+        if not collected[self.statistics[0]]:
+            raise ValueError(
+                f"none of the {seen} reference image(s) has enough tissue (at least {self.min_tissue_fraction:.0%} "
+                "of pixels below the luminosity threshold, and more than one colour); pick references with tissue"
+            )
+        for name, values in collected.items():
+            buffer = getattr(self, f"target_{name}")
+            buffer.copy_(self.pool(name, torch.cat(values)).to(buffer))
+        self.fitted.fill_(True)
+        return self
+
+    def target_statistics(self) -> dict[str, torch.Tensor]:
+        """The fitted target statistics, by name."""
+        self._require_fitted()
+        return {name: getattr(self, f"target_{name}").clone() for name in self.statistics}
+
+    def _require_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit(reference_images) first")
+
+    # -- transforming ------------------------------------------------------------------------
+
+    def informative(self, batch: torch.Tensor) -> torch.Tensor:
+        """Boolean (B,): which images have enough tissue and more than one colour to be normalized."""
+        flat = batch.flatten(2)
+        colour_range = (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=1)
+        mask = tissue_mask(batch, self.luminosity_threshold)
+        return has_enough_tissue(mask, self.min_tissue_fraction) & (colour_range > MIN_COLOUR_RANGE)
+
+    def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        self._require_fitted()
+        usable = self.informative(batch)
+        if usable.all():
+            return self.normalize(batch)
+        out = batch.clone()
+        if usable.any():
+            out[usable] = self.normalize(batch[usable])
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted state to a ``.safetensors`` file, with the settings as JSON metadata."""
+        path = Path(path)
+        tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
+        metadata = {"class": type(self).__name__, "config": json.dumps(self.config), "format": "stain_transforms"}
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> StainNormalizer:
+        """Read a normalizer written by :meth:`save`. ``StainNormalizer.load`` picks the saved class."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved normalizer at {path}")
+        try:
+            tensors = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error})") from error
+        name = metadata.get("class")
+        if metadata.get("format") != "stain_transforms" or name not in _REGISTRY:
+            raise ValueError(f"{path} was not written by a stain_transforms normalizer's save()")
+        klass = _REGISTRY[name]
+        if not issubclass(klass, cls):
+            raise ValueError(f"{path} holds a {name}, not a {cls.__name__}")
+        normalizer = klass(**json.loads(metadata["config"]))
+        normalizer.load_state_dict(tensors)
+        return normalizer
