@@ -38,12 +38,14 @@ def _check_channels(channels: int, x: Any, hint: str) -> None:
     raise ValueError(f"expected 3 colour channels, got {channels} ({_describe(x)}). {hint}")
 
 
-def _check_values(batch: torch.Tensor, integer_input: bool, x: Any) -> torch.Tensor:
-    if batch.numel() == 0:
+def _check_size(height: int, width: int, x: Any) -> None:
+    if height * width == 0 or 0 in x.shape:
         raise ValueError(f"empty image ({_describe(x)}): every side must be at least {MIN_SIDE} pixels")
-    height, width = batch.shape[-2:]
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"image too small ({_describe(x)}): every side must be at least {MIN_SIDE} pixels")
+
+
+def _check_values(batch: torch.Tensor, integer_input: bool, x: Any) -> torch.Tensor:
     if integer_input:
         return batch
     if not torch.isfinite(batch).all():
@@ -85,6 +87,7 @@ def _tensor_to_batch(x: torch.Tensor) -> tuple[torch.Tensor, Restore]:
     if channels != 3 and x.shape[-1] in (3, 4) and channels not in (1, 4):
         raise ValueError(f"tensor looks channel-last ({_describe(x)}). {hint} Use x.permute(2, 0, 1).")
     _check_channels(channels, x, hint)
+    _check_size(x.shape[-2], x.shape[-1], x)
     batch, integer_input = _from_uint8_or_float(x.detach().reshape(-1, *x.shape[-3:]), x)
     batch = _check_values(batch, integer_input, x)
     shape, dtype = x.shape, x.dtype
@@ -124,6 +127,7 @@ def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
     _check_channels(channels, x, hint)
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"unsupported dtype {x.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
+    _check_size(x.shape[-3], x.shape[-2], x)
     # torch.tensor copies, so read-only and non-contiguous arrays are fine and never written to.
     t = torch.tensor(np.asarray(x).reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2)
     batch, integer_input = _from_uint8_or_float(t, x)

@@ -11,11 +11,9 @@ import torch
 # Darkest intensity that still has a finite optical density: 1/255, one uint8 grey level.
 MIN_INTENSITY = 1.0 / 255.0
 
-# Ruifrok & Johnston (2001) stain vectors: haematoxylin, eosin, DAB (rows), as in scikit-image.
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
-RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+# Ruifrok & Johnston (2001) stain vectors: haematoxylin, eosin, DAB (rows). Like scikit-image we use
+# them as published (rows not re-normalised), so HED values and jitter presets agree with it.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 # scikit-image expresses HED in units of OD / -log(1e-6); we keep its scale so presets transfer.

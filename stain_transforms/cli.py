@@ -1,0 +1,174 @@
+"""Command line: ``stain-transforms {demo,normalize,evaluate,weights,...}`` (also ``python -m stain_transforms``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .files import expand_image_paths, is_inside, list_images, read_rgb, write_image_atomic
+
+CLASSICAL_METHODS = ("reinhard", "macenko", "vahadane")
+LEARNED_METHODS = ("stainnet", "staingan")
+
+
+def build_normalizer(method: str, references: list[str] | None, weights: str | None, device: str = "cpu"):
+    """The transform that ``normalize`` applies: a classical one fitted on ``references``, or learned ``weights``."""
+    import stain_transforms as st
+
+    if method in CLASSICAL_METHODS:
+        if not references:
+            raise ValueError(f"--method {method} needs --reference: one or more images or folders of the target domain")
+        images = [read_rgb(path) for path in expand_image_paths(references)]
+        return getattr(st, f"{method.capitalize()}Normalize")().fit(images).to(device)
+    if method in LEARNED_METHODS:
+        if not weights:
+            raise ValueError(f"--method {method} needs --weights: a bundled name (see `stain-transforms weights`), a folder or a Hub id")
+        classes = {"stainnet": "StainNetNormalize", "staingan": "StainGANNormalize"}
+        return getattr(st, classes[method]).from_pretrained(weights).to(device)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(CLASSICAL_METHODS + LEARNED_METHODS)}")
+
+
+def _plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
+    if input_path.is_dir():
+        if is_inside(output_path, input_path):
+            raise ValueError(f"output folder {output_path} is inside the input folder {input_path}; choose another")
+        if output_path.exists() and not output_path.is_dir():
+            raise ValueError(f"input {input_path} is a folder, so output {output_path} must be a folder too")
+        return [(path, output_path / path.name) for path in list_images(input_path)]
+    if not input_path.is_file():
+        raise ValueError(f"input {input_path} does not exist")
+    if output_path.is_dir():
+        return [(input_path, output_path / input_path.name)]
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError("output would overwrite the input file; choose another output path")
+    return [(input_path, output_path)]
+
+
+def _split_input_output(args: argparse.Namespace) -> tuple[Path, Path]:
+    # `--reference A B INPUT OUTPUT`: argparse gives all four to --reference, so take the last two back.
+    paths, references = list(args.paths), list(args.reference or [])
+    while len(paths) < 2 and references:
+        paths.insert(0, references.pop())
+    if len(paths) != 2:
+        raise ValueError("normalize takes exactly two paths: INPUT and OUTPUT")
+    args.reference = references
+    return Path(paths[0]), Path(paths[1])
+
+
+def run_normalize(args: argparse.Namespace) -> int:
+    input_path, output_path = _split_input_output(args)
+    pairs = _plan_outputs(input_path, output_path)
+    if not args.overwrite:
+        existing = [out for _, out in pairs if out.exists()]
+        if existing:
+            raise ValueError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite to replace them")
+    normalizer = build_normalizer(args.method, args.reference, args.weights, args.device)
+    failures: list[str] = []
+    for source, destination in tqdm(pairs, desc=f"normalize ({args.method})", unit="image"):
+        try:
+            image = torch.from_numpy(read_rgb(source)).permute(2, 0, 1).to(args.device)
+            result = normalizer(image).permute(1, 2, 0).cpu().numpy()
+            write_image_atomic(result, destination, overwrite=args.overwrite)
+        except ValueError as error:
+            failures.append(f"{source}: {error}")
+            tqdm.write(f"skipped {source}: {error}", file=sys.stderr)
+    done = len(pairs) - len(failures)
+    print(f"normalized {done} of {len(pairs)} image(s) with {args.method} into {output_path}")
+    if failures:
+        print(f"{len(failures)} image(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_folders
+
+    result = evaluate_folders(args.source, args.target, args.normalized, args.shift_csv, args.crop, progress=not args.json)
+    if args.json:
+        print(json.dumps(result.as_dict() if args.per_file else {k: v for k, v in result.as_dict().items() if k != "per_file"}, indent=2))
+    else:
+        mean = result.mean
+        print(f"images: {len(result.per_file)}")
+        print(f"SSIM target: {mean.ssim_target:.4f}\nPSNR target: {mean.psnr_target:.2f} dB\nSSIM source: {mean.ssim_source:.4f}")
+    return 0
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    from .hub import list_weights
+
+    entries = list_weights()
+    if not entries:
+        print("no bundled weights")
+    for entry in entries:
+        print(json.dumps(entry, indent=2) if args.json else entry.get("card_summary", entry["name"]))
+        if not args.json:
+            print()
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    path = demo(args.out, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stain-transforms", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="normalize built-in images with every method and write a before/after PNG")
+    demo.add_argument("--out", default="stain_transforms_demo.png", help="PNG to write (default: %(default)s)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists")
+    demo.set_defaults(run=run_demo)
+
+    normalize = commands.add_parser("normalize", help="normalize an image or a folder of images")
+    normalize.add_argument("--method", required=True, choices=CLASSICAL_METHODS + LEARNED_METHODS)
+    normalize.add_argument("--reference", nargs="+", metavar="PATH", help="target-domain image(s) or folder(s) to fit on (classical methods)")
+    normalize.add_argument("--weights", metavar="NAME_OR_PATH", help="bundled name, local folder or Hub id (stainnet, staingan)")
+    normalize.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    normalize.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    normalize.add_argument("paths", nargs="*", metavar="INPUT OUTPUT", help="image file or folder, then the output file or folder (names are kept)")
+    normalize.set_defaults(run=run_normalize)
+
+    evaluate = commands.add_parser("evaluate", help="the StainNet paper's SSIM/PSNR metrics over matching file names")
+    evaluate.add_argument("--source", required=True, help="folder of original (unnormalized) images")
+    evaluate.add_argument("--target", required=True, help="folder of registered target-domain images")
+    evaluate.add_argument("--normalized", required=True, help="folder of normalized images")
+    evaluate.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx; the target is np.roll-ed by it")
+    evaluate.add_argument("--crop", type=int, default=0, help="pixels dropped on every side before scoring")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--per-file", action="store_true", help="with --json, include every file's metrics")
+    evaluate.set_defaults(run=run_evaluate)
+
+    weights = commands.add_parser("weights", help="list the bundled pretrained weights with their cards")
+    weights.add_argument("--json", action="store_true", help="print the registry entries as JSON")
+    weights.set_defaults(run=run_weights)
+
+    try:
+        from .training.cli import add_distill_parser, add_train_staingan_parser
+    except ImportError:  # the trainer is part of the package; this only guards partial installs
+        pass
+    else:
+        add_train_staingan_parser(commands)
+        add_distill_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Stain jitter (Tellez et al., 2018): scale and shift each stain's concentration, then re-render.
+
+An RGB image is unmixed into stain concentrations (Beer-Lambert: ``OD = stains @ concentrations``),
+each stain's concentration is multiplied by a factor and shifted by an offset, and the image is
+rendered back. With the Ruifrok & Johnston matrix this is the HED augmentation of Tellez et al.;
+any other (3, k) stain basis, e.g. one estimated per image by Macenko or Vahadane, works the same.
+
+Concentrations are in scikit-image's HED units (optical density / ln(10^6), as ``skimage.color.rgb2hed``)
+in every basis, so that the same shift ``beta`` means the same amount of stain whatever the basis.
+
+What happens to the background, and why:
+
+- The factor is multiplicative, so a pixel without stain (white glass) has nothing to scale.
+- Tellez's shift is additive: applied literally, it paints stain onto the glass and tints the
+  background. Physically the shift models a tissue taking up more or less dye, and glass takes up none.
+  So the shift is weighted by how much the pixel absorbs: 0 at and below ``SHIFT_RAMP[0]`` optical
+  density in its most absorbed channel (white and near-white glass), rising linearly to 1 at
+  ``SHIFT_RAMP[1]`` (clearly stained tissue). The linear ramp avoids seams at tissue borders; it plays
+  the role of the intensity cut-off of Tellez et al.'s implementation, without its hard edge.
+- A negative shift can at most remove the stain that is there: a concentration never crosses zero
+  because of the shift (dye cannot be taken away from where there is none).
+
+So a white pixel stays exactly white, and a pure background image is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .color import _HED_LOG_ADJUST, RGB_FROM_HED, rgb_to_od
+
+# Columns: the Ruifrok & Johnston OD vectors of haematoxylin, eosin and DAB (as in scikit-image).
+RUIFROK_STAINS = RGB_FROM_HED.T.contiguous()
+
+# Optical densities (in the most absorbed channel) between which the shift fades in: 0.05 is a
+# transmission of 95% (a uint8 grey level of 242, bright glass), 0.25 of 78% (pale stained tissue).
+SHIFT_RAMP = (0.05, 0.25)
+
+
+def _per_sample(value: torch.Tensor, batch: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if value.ndim == len(shape):
+        value = value.unsqueeze(0).expand(batch, *shape)
+    if tuple(value.shape) != (batch, *shape):
+        raise ValueError(f"{name} must have shape {(batch, *shape)} or {shape}, got {tuple(value.shape)}")
+    return value
+
+
+def shift_weight(od: torch.Tensor, ramp: tuple[float, float] = SHIFT_RAMP) -> torch.Tensor:
+    """How much of a stain shift each pixel takes, (B, 1, H, W) in [0, 1], from its optical density.
+
+    Example:
+        >>> od = torch.tensor([0.0, 0.15, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3)
+        >>> shift_weight(od).flatten().tolist()
+        [0.0, 0.5, 1.0]
+    """
+    low, high = ramp
+    if not 0.0 <= low < high:
+        raise ValueError(f"ramp must be (low, high) optical densities with 0 <= low < high, got {ramp}")
+    return ((od.amax(dim=1, keepdim=True) - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def stain_jitter(
+    rgb: torch.Tensor,
+    stains: torch.Tensor,
+    factors: torch.Tensor,
+    shifts: torch.Tensor,
+    ramp: tuple[float, float] = SHIFT_RAMP,
+) -> torch.Tensor:
+    """Scale and shift stain concentrations in a stain basis; returns a new (B, 3, H, W) RGB batch.
+
+    Args:
+        rgb: (B, 3, H, W) float in [0, 1].
+        stains: (3, k) or (B, 3, k) stain OD vectors as columns (any non-degenerate basis; ``k <= 3``).
+        factors: (B, k) or (k,) multipliers of each stain's concentration (1 = unchanged).
+        shifts: (B, k) or (k,) offsets added to each stain's concentration, in scikit-image HED units,
+            weighted per pixel by :func:`shift_weight` so that background stays background.
+        ramp: the optical densities between which the shift fades in.
+
+    Colour that the basis does not explain (the least-squares residual when ``k < 3``) is kept as it is.
+    Output is clipped into [0, 1]; it has the input's dtype and device.
+
+    Example:
+        >>> rgb = torch.full((2, 3, 4, 4), 0.6)
+        >>> out = stain_jitter(rgb, RUIFROK_STAINS, torch.ones(2, 3), torch.zeros(2, 3))
+        >>> torch.allclose(out, rgb, atol=1e-6)
+        True
+    """
+    batch = rgb.shape[0]
+    if stains.ndim == 2:
+        stains = stains.unsqueeze(0).expand(batch, *stains.shape)
+    if stains.ndim != 3 or stains.shape[0] != batch or stains.shape[1] != 3 or not 1 <= stains.shape[2] <= 3:
+        raise ValueError(f"stains must have shape (3, k) or ({batch}, 3, k) with k <= 3, got {tuple(stains.shape)}")
+    k = stains.shape[2]
+    factors = _per_sample(factors.to(rgb), batch, "factors", (k,))
+    shifts = _per_sample(shifts.to(rgb), batch, "shifts", (k,))
+    stains = stains.to(rgb)
+
+    od = rgb_to_od(rgb)
+    flat_od = od.flatten(2)  # (B, 3, N)
+    weight = shift_weight(od, ramp).flatten(2)  # (B, 1, N)
+    # Concentrations by least squares (the exact inverse for a 3x3 basis), in skimage's HED units.
+    unmix = torch.linalg.pinv(stains) / _HED_LOG_ADJUST  # (B, k, 3)
+    mix = stains * _HED_LOG_ADJUST  # (B, 3, k)
+
+    # Only the change of optical density is rendered, I_out = I * exp(-dOD): the identity is exact for
+    # unit factors and zero shifts, and colour outside the basis (the residual when k < 3) is kept.
+    if bool((shifts < 0).any()):
+        concentrations = unmix @ flat_od
+        scaled = concentrations * factors.unsqueeze(-1)
+        shifted = scaled + weight * shifts.unsqueeze(-1)
+        # A negative shift removes at most the stain that is present.
+        shifted = torch.maximum(shifted, scaled.clamp(max=0.0))
+        delta_od = mix @ (shifted - concentrations)
+    else:
+        # Without a floor to apply, scaling is one 3x3 matrix per image: mix @ diag(f - 1) @ unmix.
+        scale = mix @ ((factors - 1.0).unsqueeze(-1) * unmix)
+        shift_od = (mix @ shifts.unsqueeze(-1)) * weight  # (B, 3, N)
+        delta_od = torch.baddbmm(shift_od, scale, flat_od)
+    # Bounded so that exp() stays finite; anything below -30 saturates to white anyway.
+    transmittance = delta_od.clamp_(min=-30.0).neg_().exp_().reshape(rgb.shape)
+    return (rgb * transmittance).clamp_(0.0, 1.0)
+
+
+def hed_jitter(
+    rgb: torch.Tensor, factors: torch.Tensor, shifts: torch.Tensor, ramp: tuple[float, float] = SHIFT_RAMP
+) -> torch.Tensor:
+    """HED jitter of Tellez et al.: :func:`stain_jitter` in the Ruifrok & Johnston H, E, DAB basis.
+
+    Per image ``b`` and channel ``c`` of ``skimage.color.rgb2hed``: ``hed[c] * factors[b, c] +
+    shifts[b, c]`` (the shift weighted so that glass stays glass), converted back to RGB.
+
+    Example:
+        >>> rgb = torch.ones(1, 3, 8, 8)  # white glass stays white
+        >>> out = hed_jitter(rgb, torch.tensor([[1.2, 0.8, 1.0]]), torch.tensor([[0.05, -0.05, 0.0]]))
+        >>> out.min().item()
+        1.0
+    """
+    return stain_jitter(rgb, RUIFROK_STAINS, factors, shifts, ramp)

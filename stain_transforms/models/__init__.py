@@ -1,0 +1,7 @@
+"""Neural models: StainNet, the StainGAN generator, and the PatchGAN discriminator for training it."""
+
+from .discriminator import PatchGANDiscriminator
+from .staingan import ResnetBlock, StainGANGenerator, init_cyclegan_weights
+from .stainnet import StainNet
+
+__all__ = ["StainNet", "StainGANGenerator", "ResnetBlock", "PatchGANDiscriminator", "init_cyclegan_weights"]
