@@ -19,18 +19,26 @@ HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 # scikit-image expresses HED in units of OD / -log(1e-6); we keep its scale so presets transfer.
 _HED_LOG_ADJUST = -torch.log(torch.tensor(1e-6, dtype=torch.float64)).item()
 
-# sRGB (D65) -> CIE XYZ, and the D65 reference white.
+# sRGB (D65) -> CIE XYZ, with XYZ already divided by the D65 reference white.
 _XYZ_FROM_RGB = torch.tensor(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
     dtype=torch.float64,
 )
-_RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
 _D65_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+_WHITE_XYZ_FROM_RGB = _XYZ_FROM_RGB / _D65_WHITE[:, None]
+_RGB_FROM_WHITE_XYZ = torch.linalg.inv(_WHITE_XYZ_FROM_RGB)
+# L*a*b* is affine in f = (f(X), f(Y), f(Z)): lab = LAB_FROM_F @ f + LAB_OFFSET.
+LAB_FROM_F = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]], dtype=torch.float64)
+LAB_OFFSET = torch.tensor([-16.0, 0.0, 0.0], dtype=torch.float64)
+_F_FROM_LAB = torch.linalg.inv(LAB_FROM_F)
 
 
-def _channel_matmul(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Apply a 3x3 ``matrix`` to the channel axis of a (B, 3, H, W) tensor: out_c = sum_k m[c, k] x_k."""
-    return torch.einsum("ck,bkhw->bchw", matrix.to(x), x)
+def channel_matmul(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply a (3, 3) or per-image (B, 3, 3) ``matrix`` (and a (3,) or (B, 3) bias) to the channels of (B, 3, H, W)."""
+    flat = torch.matmul(matrix.to(x), x.flatten(2))
+    if bias is not None:
+        flat = flat + bias.to(x).reshape(-1, 3, 1)
+    return flat.view_as(x)
 
 
 def rgb_to_od(rgb: torch.Tensor) -> torch.Tensor:
@@ -64,23 +72,36 @@ def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose(hed_to_rgb(rgb_to_hed(rgb)), rgb, atol=1e-5)
         True
     """
-    od = rgb_to_od(rgb) / _HED_LOG_ADJUST
-    return torch.einsum("kc,bkhw->bchw", HED_FROM_RGB.to(od), od)
+    return channel_matmul(rgb_to_od(rgb), HED_FROM_RGB.T / _HED_LOG_ADJUST)
 
 
 def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
     """Haematoxylin-eosin-DAB back to RGB in [0, 1]; the inverse of :func:`rgb_to_hed`."""
-    od = torch.einsum("kc,bkhw->bchw", RGB_FROM_HED.to(hed), hed) * _HED_LOG_ADJUST
-    return od_to_rgb(od)
+    return od_to_rgb(channel_matmul(hed, RGB_FROM_HED.T * _HED_LOG_ADJUST))
 
 
 def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    return torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    return torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
 
 
 def _linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
     lin = lin.clamp(min=0.0)
-    return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, lin * 12.92)
+    return torch.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, lin * 12.92)
+
+
+def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB to f = (f(X/Xn), f(Y/Yn), f(Z/Zn)), the non-linear stage of CIE Lab; Lab is affine in it.
+
+    Working in f saves a pass over the image when only affine Lab operations follow (Reinhard).
+    """
+    xyz = channel_matmul(_srgb_to_linear(rgb), _WHITE_XYZ_FROM_RGB)
+    return torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
+
+
+def lab_f_to_rgb(f: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`rgb_to_lab_f`, clipped into [0, 1]."""
+    xyz = torch.where(f > 0.2068966, f**3, (f - 16 / 116) / 7.787)
+    return _linear_to_srgb(channel_matmul(xyz, _RGB_FROM_WHITE_XYZ)).clamp(0.0, 1.0)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -91,17 +112,9 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
         >>> round(lab[0, 0, 0, 0].item(), 3)
         100.0
     """
-    xyz = _channel_matmul(_srgb_to_linear(rgb), _XYZ_FROM_RGB) / _D65_WHITE.to(rgb).view(1, 3, 1, 1)
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(1)
-    lightness = 116 * fy - 16
-    return torch.stack([lightness, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+    return channel_matmul(rgb_to_lab_f(rgb), LAB_FROM_F, LAB_OFFSET)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """CIE L*a*b* (D65) back to sRGB, clipped into [0, 1]; the inverse of :func:`rgb_to_lab`."""
-    lightness, a, b = lab.unbind(1)
-    fy = (lightness + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
-    xyz = torch.where(f > 0.2068966, f**3, (f - 16 / 116) / 7.787) * _D65_WHITE.to(lab).view(1, 3, 1, 1)
-    return _linear_to_srgb(_channel_matmul(xyz, _RGB_FROM_XYZ)).clamp(0.0, 1.0)
+    return lab_f_to_rgb(channel_matmul(lab - LAB_OFFSET.to(lab).view(1, 3, 1, 1), _F_FROM_LAB))

@@ -1,37 +1,64 @@
-"""Reinhard et al. (2001) colour transfer: match per-channel Lab mean and standard deviation."""
+"""Reinhard et al. (2001) colour transfer: match per-channel Lab mean and standard deviation.
+
+Lab is affine in the intermediate f-space of CIE Lab (:func:`~stain_transforms.functional.color.rgb_to_lab_f`),
+and Reinhard's transfer is affine in Lab, so the whole transfer is one per-image 3x3 affine map in
+f-space, and the Lab statistics follow from f's mean and covariance. This keeps the full-resolution
+work to the two colour conversions.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .color import lab_to_rgb, rgb_to_lab
+from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, lab_f_to_rgb, rgb_to_lab_f
 
 # A channel with a smaller standard deviation than this (in Lab units) is treated as flat.
 MIN_STD = 1e-3
 
 
-def lab_statistics(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-channel mean and standard deviation of a (B, 3, H, W) Lab batch: two (B, 3)."""
-    std, mean = torch.std_mean(lab.flatten(2), dim=2)
-    return mean, std
+def _lab_statistics_from_f(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = f.flatten(2)
+    n = flat.shape[-1]
+    f_mean = flat.mean(dim=2)
+    centred = flat - f_mean[..., None]
+    f_cov = centred @ centred.transpose(1, 2) / max(n - 1, 1)
+    to_lab = LAB_FROM_F.to(f)
+    lab_mean = f_mean @ to_lab.T + LAB_OFFSET.to(f)
+    lab_var = torch.einsum("ck,bkl,cl->bc", to_lab, f_cov, to_lab)
+    return lab_mean, lab_var.clamp(min=0).sqrt()
 
 
-def reinhard_transfer(
-    lab: torch.Tensor,
-    source_mean: torch.Tensor,
-    source_std: torch.Tensor,
-    target_mean: torch.Tensor,
-    target_std: torch.Tensor,
-) -> torch.Tensor:
-    """Map a (B, 3, H, W) Lab batch with (B, 3) source statistics onto (3,) or (B, 3) target ones; returns RGB.
+def lab_statistics(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean and (unbiased) standard deviation of each CIE Lab channel of an RGB batch: two (B, 3).
 
     Example:
-        >>> rgb = torch.rand(1, 3, 16, 16)
-        >>> lab = rgb_to_lab(rgb)
-        >>> mean, std = lab_statistics(lab)
-        >>> torch.allclose(reinhard_transfer(lab, mean, std, mean[0], std[0]), rgb, atol=1e-4)
+        >>> from stain_transforms.functional import rgb_to_lab
+        >>> rgb = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+        >>> std, mean = torch.std_mean(rgb_to_lab(rgb).flatten(2), dim=2)
+        >>> torch.allclose(lab_statistics(rgb)[0], mean) and torch.allclose(lab_statistics(rgb)[1], std)
         True
     """
-    scale = target_std / source_std.clamp(min=MIN_STD)
-    shifted = (lab - source_mean[..., None, None]) * scale[..., None, None] + target_mean.reshape(-1, 3, 1, 1)
-    return lab_to_rgb(shifted)
+    return _lab_statistics_from_f(rgb_to_lab_f(rgb))
+
+
+def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
+    """Give each image of an RGB batch the target's Lab mean and standard deviation, (3,) or (B, 3) each.
+
+    Each image's own statistics are measured over the whole image, as in the original method.
+
+    Example:
+        >>> rgb = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+        >>> mean, std = lab_statistics(rgb)
+        >>> torch.allclose(reinhard_transfer(rgb, mean[0], std[0]), rgb)
+        True
+    """
+    f = rgb_to_lab_f(rgb)
+    mean, std = _lab_statistics_from_f(f)
+    scale = target_std.to(f) / std.clamp(min=MIN_STD)  # (B, 3)
+    # lab' = scale * (lab - mean) + target_mean, with lab = K f + o, so f' = K^-1 diag(scale) K f + bias.
+    to_lab, from_lab = LAB_FROM_F.to(f), _F_FROM_LAB.to(f)
+    matrix = from_lab @ (scale[..., None] * to_lab)
+    lab_bias = LAB_OFFSET.to(f) * scale - mean * scale + target_mean.to(f)
+    bias = (lab_bias - LAB_OFFSET.to(f)) @ from_lab.T
+    f_out = torch.baddbmm(bias[..., None], matrix, f.flatten(2)).view_as(f)
+    return lab_f_to_rgb(f_out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..functional.color import rgb_to_lab
 from ..functional.reinhard import lab_statistics, reinhard_transfer
 from .base import StainNormalizer
 
@@ -34,10 +33,8 @@ class ReinhardNormalize(StainNormalizer):
         self.register_buffer("target_std", torch.ones(3, dtype=torch.float64))
 
     def image_statistics(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        mean, std = lab_statistics(rgb_to_lab(batch))
+        mean, std = lab_statistics(batch)
         return {"mean": mean, "std": std}
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        lab = rgb_to_lab(batch)
-        mean, std = lab_statistics(lab)
-        return reinhard_transfer(lab, mean, std, self.target_mean.to(batch), self.target_std.to(batch))
+        return reinhard_transfer(batch, self.target_mean, self.target_std)
