@@ -2,7 +2,14 @@
 
 __version__ = "0.1.0"
 
+from .augment import HEDJitter
 from .base import StainTransform
-from .normalizers import ReinhardNormalize, StainNormalizer
+from .normalizers import MacenkoNormalize, ReinhardNormalize, StainNormalizer, VahadaneNormalize
+from .normalizers import StainGANNormalize, StainNetNormalize
+from .hub import list_weights
 
-__all__ = ["StainTransform", "StainNormalizer", "ReinhardNormalize", "__version__"]
+__all__ = [
+    "StainTransform", "StainNormalizer", "ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "HEDJitter",
+    "__version__",
+]
+__all__ += ["StainNetNormalize", "StainGANNormalize", "list_weights"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import _HED_LOG_ADJUST, RGB_FROM_HED, rgb_to_od
+from .color import _HED_LOG_ADJUST, MIN_INTENSITY, RGB_FROM_HED
 
 # Columns: the Ruifrok & Johnston OD vectors of haematoxylin, eosin and DAB (as in scikit-image).
 RUIFROK_STAINS = RGB_FROM_HED.T.contiguous()
@@ -35,6 +35,10 @@ RUIFROK_STAINS = RGB_FROM_HED.T.contiguous()
 # Optical densities (in the most absorbed channel) between which the shift fades in: 0.05 is a
 # transmission of 95% (a uint8 grey level of 242, bright glass), 0.25 of 78% (pale stained tissue).
 SHIFT_RAMP = (0.05, 0.25)
+
+# On a CPU, images are processed in blocks of this many pixels, which keeps the intermediate
+# results in cache; on a GPU the whole batch is one block.
+CPU_BLOCK = 2**15
 
 
 def _per_sample(value: torch.Tensor, batch: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -45,17 +49,22 @@ def _per_sample(value: torch.Tensor, batch: int, name: str, shape: tuple[int, ..
     return value
 
 
+def _check_ramp(ramp: tuple[float, float]) -> tuple[float, float]:
+    low, high = ramp
+    if not 0.0 <= low < high:
+        raise ValueError(f"ramp must be (low, high) optical densities with 0 <= low < high, got {ramp}")
+    return low, high
+
+
 def shift_weight(od: torch.Tensor, ramp: tuple[float, float] = SHIFT_RAMP) -> torch.Tensor:
     """How much of a stain shift each pixel takes, (B, 1, H, W) in [0, 1], from its optical density.
 
     Example:
-        >>> od = torch.tensor([0.0, 0.15, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3)
-        >>> shift_weight(od).flatten().tolist()
+        >>> od = torch.tensor([0.0, 0.15, 1.0], dtype=torch.float64).view(1, 1, 1, 3).expand(1, 3, 1, 3)
+        >>> [round(w, 6) for w in shift_weight(od).flatten().tolist()]
         [0.0, 0.5, 1.0]
     """
-    low, high = ramp
-    if not 0.0 <= low < high:
-        raise ValueError(f"ramp must be (low, high) optical densities with 0 <= low < high, got {ramp}")
+    low, high = _check_ramp(ramp)
     return ((od.amax(dim=1, keepdim=True) - low) / (high - low)).clamp(0.0, 1.0)
 
 
@@ -95,30 +104,46 @@ def stain_jitter(
     shifts = _per_sample(shifts.to(rgb), batch, "shifts", (k,))
     stains = stains.to(rgb)
 
-    od = rgb_to_od(rgb)
-    flat_od = od.flatten(2)  # (B, 3, N)
-    weight = shift_weight(od, ramp).flatten(2)  # (B, 1, N)
+    low, high = _check_ramp(ramp)
     # Concentrations by least squares (the exact inverse for a 3x3 basis), in skimage's HED units.
     unmix = torch.linalg.pinv(stains) / _HED_LOG_ADJUST  # (B, k, 3)
     mix = stains * _HED_LOG_ADJUST  # (B, 3, k)
+    # Scaling is one 3x3 matrix per image on the OD: mix @ diag(f - 1) @ unmix.
+    scale = mix @ ((factors - 1.0).unsqueeze(-1) * unmix)
+    scaled_unmix = factors.unsqueeze(-1) * unmix
+    negative = bool((shifts < 0).any())
 
-    # Only the change of optical density is rendered, I_out = I * exp(-dOD): the identity is exact for
-    # unit factors and zero shifts, and colour outside the basis (the residual when k < 3) is kept.
-    if bool((shifts < 0).any()):
-        concentrations = unmix @ flat_od
-        scaled = concentrations * factors.unsqueeze(-1)
-        shifted = scaled + weight * shifts.unsqueeze(-1)
-        # A negative shift removes at most the stain that is present.
-        shifted = torch.maximum(shifted, scaled.clamp(max=0.0))
-        delta_od = mix @ (shifted - concentrations)
-    else:
-        # Without a floor to apply, scaling is one 3x3 matrix per image: mix @ diag(f - 1) @ unmix.
-        scale = mix @ ((factors - 1.0).unsqueeze(-1) * unmix)
-        shift_od = (mix @ shifts.unsqueeze(-1)) * weight  # (B, 3, N)
-        delta_od = torch.baddbmm(shift_od, scale, flat_od)
-    # Bounded so that exp() stays finite; anything below -30 saturates to white anyway.
-    transmittance = delta_od.clamp_(min=-30.0).neg_().exp_().reshape(rgb.shape)
-    return (rgb * transmittance).clamp_(0.0, 1.0)
+    def jitter_pixels(pixels: torch.Tensor, images: slice) -> torch.Tensor:
+        """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n). Works on log intensities, log(I) = -OD."""
+        log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
+        weight = (log_rgb.amin(dim=1, keepdim=True) * (-1.0 / (high - low))).sub_(low / (high - low)).clamp_(0, 1)
+        # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
+        # exact for unit factors and zero shifts, and colour outside the basis (the residual when
+        # k < 3) is kept. ``minus_delta`` is -dOD, built in place.
+        if negative:
+            # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
+            # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
+            floor = torch.bmm(scaled_unmix[images], log_rgb).clamp_(max=0.0)
+            shift = (weight * shifts[images].unsqueeze(-1)).clamp_(min=floor)
+            minus_delta = torch.bmm(-mix[images], shift)
+        else:
+            minus_delta = (mix[images] @ -shifts[images].unsqueeze(-1)) * weight  # (b, 3, n)
+        minus_delta.baddbmm_(scale[images], log_rgb)
+        # Bounded so that exp() stays finite; anything above 30 saturates to white anyway.
+        return (minus_delta.clamp_(max=30.0).exp_() * pixels).clamp_(0.0, 1.0)
+
+    flat = rgb.flatten(2)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, stains, factors, shifts))
+    if rgb.device.type != "cpu" or needs_grad:
+        return jitter_pixels(flat, slice(None)).view(rgb.shape)
+    # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
+    # work image by image, in blocks of CPU_BLOCK pixels.
+    out = torch.empty_like(flat)
+    for b in range(batch):
+        for start in range(0, flat.shape[2], CPU_BLOCK):
+            block = (slice(b, b + 1), slice(None), slice(start, start + CPU_BLOCK))
+            out[block] = jitter_pixels(flat[block], block[0])
+    return out.view(rgb.shape)
 
 
 def hed_jitter(

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..hub import HubModelMixin
 from ._card import STAINGAN_CARD
 
 PAPER_URL = "https://arxiv.org/abs/1804.01601"
@@ -43,7 +43,7 @@ class ResnetBlock(nn.Module):
 
 class StainGANGenerator(
     nn.Module,
-    PyTorchModelHubMixin,
+    HubModelMixin,
     library_name="stain-transforms",
     tags=["histopathology", "stain-normalization", "staingan", "cyclegan"],
     repo_url=REPO_URL,
@@ -74,6 +74,8 @@ class StainGANGenerator(
         >>> sorted(g.state_dict())[:2]
         ['model.1.bias', 'model.1.weight']
     """
+
+    model_type = "staingan"
 
     def __init__(
         self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, use_dropout: bool = False

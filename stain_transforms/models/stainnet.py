@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..hub import HubModelMixin
 from ._card import STAINNET_CARD
 
 PAPER_URL = "https://doi.org/10.3389/fmed.2021.746307"
@@ -22,7 +22,7 @@ REPO_URL = "https://github.com/stain-transforms/stain_transforms"
 
 class StainNet(
     nn.Module,
-    PyTorchModelHubMixin,
+    HubModelMixin,
     library_name="stain-transforms",
     tags=["histopathology", "stain-normalization", "stainnet"],
     repo_url=REPO_URL,
@@ -50,6 +50,8 @@ class StainNet(
         >>> sum(p.numel() for p in model.parameters())
         1283
     """
+
+    model_type = "stainnet"
 
     def __init__(self, n_layer: int = 3, n_channel: int = 32) -> None:
         super().__init__()

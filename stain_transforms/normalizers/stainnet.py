@@ -1,0 +1,255 @@
+"""StainNet as a transform, with an exact lookup-table fast path for uint8 images on the CPU.
+
+StainNet maps each RGB value on its own, so for 8-bit images it is a function on 256^3 colours.
+The table of that function (48 MB of uint8) is compiled once by running every colour through the
+same code path as the network backend, so the two give identical results, and it is applied with
+one gather per pixel. ``backend="auto"`` uses it for uint8 input on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..base import StainTransform
+from ..io import _to_output_dtype, _wrap_like
+from ..models.stainnet import StainNet
+
+BACKENDS = ("auto", "conv", "lut")
+N_COLOURS = 256**3
+# Colours per chunk when compiling the table: small enough for the activations to stay in cache.
+_CHUNK = 4096
+
+
+class StainNetNormalize(StainTransform):
+    """Normalize stain with a trained StainNet (Kang et al., 2021).
+
+    Every pixel is mapped, background included: StainNet is a colour map, so a blank tile gets
+    the target domain's background colour, just like the blank areas of tissue tiles (an image-
+    level passthrough, as the fitted normalizers do, would make near-blank tiles flip between two
+    behaviours at a threshold).
+
+    Backends:
+        - ``"conv"``: the network, on the input's device (the model moves there on first use,
+          so ``normalize.to("cuda")`` is optional). On the CPU the 1x1 convolutions run as matrix
+          products over pixels (:meth:`StainNet.forward_pixels`), whose result for a pixel does
+          not depend on image size or thread count; PyTorch's CPU convolution differs in the last
+          float bit with the thread count, which flips a rounded uint8 value now and then.
+        - ``"lut"``: the exact 256^3 table for uint8 input (numpy, PIL or uint8 tensors, on any
+          device). It equals the ``"conv"`` result on the CPU bit for bit. It is built on the CPU on
+          first use (a few seconds; :meth:`compile` builds it ahead, e.g. before DataLoader workers
+          fork) and cached on the instance, and rebuilt if the weights change. It is not pickled or
+          part of ``state_dict()``: a worker started by spawn rebuilds it. On a GPU it reproduces
+          the CPU results, which may differ by 1/255 in rare pixels from the GPU network.
+        - ``"auto"`` (default): ``"lut"`` for uint8 input on the CPU, ``"conv"`` otherwise.
+
+    Args:
+        model: a :class:`~stain_transforms.models.StainNet`.
+        backend: ``"auto"``, ``"conv"`` or ``"lut"``.
+
+    Example:
+        >>> import numpy as np
+        >>> from stain_transforms.models import StainNet
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> normalize = StainNetNormalize(StainNet(), backend="conv")
+        >>> out = normalize(synthetic_tissue(seed=0))
+        >>> out.shape, out.dtype
+        ((128, 128, 3), dtype('uint8'))
+    """
+
+    def __init__(self, model: StainNet, backend: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(model, StainNet):
+            raise ValueError(f"model must be a stain_transforms.models.StainNet, got {type(model).__name__}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.model = model.eval()
+        self.backend = backend
+        self._tables: dict[torch.device, tuple[tuple, torch.Tensor]] = {}
+
+    # -- loading and saving ------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, backend: str = "auto", **hub_kwargs: Any) -> StainNetNormalize:
+        """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`).
+
+        ``hub_kwargs`` (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, ...)
+        go to :meth:`StainNet.from_pretrained`.
+        """
+        return cls(StainNet.from_pretrained(name_or_path, **hub_kwargs), backend=backend)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
+        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` card (``model_card_kwargs=...``)."""
+        return self.model.save_pretrained(save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the model to the Hugging Face Hub (``huggingface_hub`` ``push_to_hub``)."""
+        return self.model.push_to_hub(repo_id, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tables"] = {}  # 48 MB each; rebuilt on demand in the receiving process
+        return state
+
+    # -- the network -------------------------------------------------------------------------
+
+    def _model_on(self, device: torch.device) -> StainNet:
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        return self.model
+
+    def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        model = self._model_on(batch.device)
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            if batch.device.type == "cpu":
+                # The 1x1 convolutions as matrix products over pixels: on the CPU these give the same
+                # bits for a pixel whatever the image size and thread count (PyTorch's convolution
+                # kernels do not), which is what lets the lookup table equal this path exactly.
+                return model.forward_pixels(batch.to(dtype).permute(0, 2, 3, 1)).permute(0, 3, 1, 2).to(batch.dtype)
+            return model(batch.to(dtype)).to(batch.dtype)
+
+    # -- the lookup table --------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def lookup_table(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The (256^3, 3) uint8 table on ``device``: row ``r + 256 * g + 65536 * b`` holds the output for (r, g, b).
+
+        The row index is the pixel's three bytes read as a little-endian integer, which makes the
+        index of an interleaved RGB pixel cheap to form. Built on the CPU by passing every colour, in
+        chunks, through the network as the ``"conv"`` backend runs it on the CPU.
+
+        Example:
+            >>> table = StainNetNormalize(StainNet()).lookup_table()
+            >>> tuple(table.shape), table.dtype
+            ((16777216, 3), torch.uint8)
+        """
+        device = torch.device(device)
+        key = self._fingerprint()
+        cached = self._tables.get(device)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cpu = self._tables.get(torch.device("cpu"))
+        if cpu is not None and cpu[0] == key:
+            table = cpu[1].to(device)
+        else:
+            table = self._build_table().to(device)
+        self._tables[device] = (key, table)
+        return table
+
+    def compile(self) -> StainNetNormalize:
+        """Build the CPU lookup table now rather than on first use; returns ``self``."""
+        self.lookup_table("cpu")
+        return self
+
+    def _build_table(self) -> torch.Tensor:
+        model = self.model
+        if next(model.parameters()).device.type != "cpu":
+            model = copy.deepcopy(model).cpu()  # the table reproduces the CPU path
+        dtype = next(model.parameters()).dtype
+        table = torch.empty(N_COLOURS, 3, dtype=torch.uint8)
+        levels = torch.arange(256, dtype=torch.uint8).to(torch.float32) / 255.0  # as io.to_batch converts uint8
+        plane = torch.empty(256 * 256, 3, dtype=torch.float32)  # one blue level: red fastest, then green
+        plane[:, 0] = levels.repeat(256)
+        plane[:, 1] = levels.repeat_interleave(256)
+        # Thousands of small chunks: with several threads each op ends in a barrier, which costs far
+        # more than the work when the cores are shared (DataLoader workers, other jobs). One thread is
+        # predictable, and the result of a pixel does not depend on the thread count.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                for blue in range(256):
+                    plane[:, 2] = levels[blue]
+                    for row in range(0, plane.shape[0], _CHUNK):
+                        out = model.forward_pixels(plane[row : row + _CHUNK].to(dtype)).to(torch.float32)
+                        start = blue * plane.shape[0] + row
+                        table[start : start + _CHUNK] = _to_output_dtype(out, torch.uint8)  # as io rounds back
+        finally:
+            torch.set_num_threads(threads)
+        return table
+
+    def _lut_applicable(self, inpt: Any) -> bool:
+        """Whether ``inpt`` is a well-formed uint8 RGB image that the table can serve."""
+        if isinstance(inpt, PIL.Image.Image):
+            return inpt.mode == "RGB" and min(inpt.size) >= 2
+        if isinstance(inpt, np.ndarray):
+            return inpt.dtype == np.uint8 and inpt.ndim in (3, 4) and inpt.shape[-1] == 3 and min(inpt.shape[-3:-1]) >= 2
+        if isinstance(inpt, torch.Tensor):
+            return inpt.dtype == torch.uint8 and inpt.ndim in (3, 4) and inpt.shape[-3] == 3 and min(inpt.shape[-2:]) >= 2
+        return False
+
+    def _wants_lut(self, inpt: Any) -> bool:
+        if self.backend == "conv":
+            return False
+        usable = self._lut_applicable(inpt)
+        if self.backend == "lut":
+            if not usable and _is_float_image(inpt):
+                raise ValueError(
+                    f"backend='lut' needs uint8 images, got {inpt.dtype}; use backend='auto' or 'conv' for float input"
+                )
+            return usable  # malformed input goes on to the validating path, which names the problem
+        return usable and (not isinstance(inpt, torch.Tensor) or inpt.device.type == "cpu")
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if self._wants_lut(inpt):
+            return self._apply_table(inpt)
+        return super().transform(inpt, params)
+
+    @torch.no_grad()
+    def _apply_table(self, image: Any) -> Any:
+        if isinstance(image, PIL.Image.Image):
+            return PIL.Image.fromarray(self._apply_table(np.asarray(image)))
+        if isinstance(image, np.ndarray):
+            table = self.lookup_table("cpu").numpy()
+            return np.take(table, _interleaved_index(image), axis=0)
+        # uint8 tensor, channel-first. On the CPU numpy does the work: single-threaded, so it does not
+        # fight DataLoader workers for cores.
+        height, width = image.shape[-2:]
+        planes = image.detach().reshape(-1, 3, height * width)
+        if image.device.type == "cpu":
+            table = self.lookup_table("cpu").numpy()
+            index = _planar_index(planes.numpy())
+            out = torch.from_numpy(np.take(table, index, axis=0).transpose(0, 2, 1).copy())
+        else:
+            table = self.lookup_table(image.device)
+            p = planes.to(torch.int32)
+            index = p[:, 0] | (p[:, 1] << 8) | (p[:, 2] << 16)
+            out = table.index_select(0, index.reshape(-1)).reshape(-1, height * width, 3).transpose(1, 2)
+        out = out.reshape(image.shape)
+        return out if type(image) is torch.Tensor else _wrap_like(out, image)
+
+
+def _is_float_image(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return np.issubdtype(x.dtype, np.floating)
+    return isinstance(x, torch.Tensor) and x.dtype.is_floating_point
+
+
+def _interleaved_index(image: np.ndarray) -> np.ndarray:
+    """Row index ``r + 256 g + 65536 b`` of every pixel of a (..., 3) uint8 array, shape (...)."""
+    n = image.size // 3
+    # Copy the bytes into a buffer one byte longer, then read each pixel's 3 bytes (plus the next
+    # pixel's first, masked off) as one little-endian uint32: one pass instead of three casts.
+    buffer = np.empty(3 * n + 1, dtype=np.uint8)
+    buffer[: 3 * n] = image.reshape(-1)
+    buffer[3 * n] = 0
+    words = np.ndarray((n,), dtype="<u4", buffer=buffer, strides=(3,))
+    index = np.bitwise_and(words, 0xFFFFFF, dtype=np.uint32).view(np.int32)
+    return index.reshape(image.shape[:-1])
+
+
+def _planar_index(planes: np.ndarray) -> np.ndarray:
+    """Row index of every pixel of (B, 3, N) uint8 planes, shape (B, N)."""
+    index = np.left_shift(planes[:, 2], 16, dtype=np.int32)
+    index |= np.left_shift(planes[:, 1], 8, dtype=np.int32)
+    index |= planes[:, 0]
+    return index

@@ -1,0 +1,233 @@
+"""The ``train-staingan`` and ``distill`` subcommands of ``stain-transforms``.
+
+``stain_transforms.cli`` calls :func:`add_train_staingan_parser` and :func:`add_distill_parser` on its
+subparsers; each sets ``run`` to a function of the parsed arguments that returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import list_images
+
+CLASSICAL_TEACHERS = ("reinhard", "macenko", "vahadane")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+# -- train-staingan ---------------------------------------------------------------------------
+
+
+def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``train-staingan`` (CycleGAN on two unpaired folders) to ``subparsers``."""
+    p = subparsers.add_parser(
+        "train-staingan",
+        help="train a StainGAN (CycleGAN) on two unpaired folders",
+        description="Train a StainGAN (CycleGAN) from unpaired source- and target-domain images. "
+        "The defaults are CycleGAN's; --ngf 16 --n-blocks 3 --crop-size 128 makes a CPU-sized model.",
+    )
+    p.add_argument("--source", required=True, help="folder of source-domain images (the ones to normalize)")
+    p.add_argument("--target", required=True, help="folder of target-domain images")
+    p.add_argument("--out", required=True, help="output folder: model, inverse/, samples/, checkpoints/")
+    arch = p.add_argument_group("architecture")
+    arch.add_argument("--ngf", type=int, default=64, help="generator filters (default: %(default)s)")
+    arch.add_argument("--n-blocks", type=int, default=9, help="generator residual blocks (default: %(default)s)")
+    arch.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: %(default)s)")
+    arch.add_argument("--n-layers-d", type=int, default=3, help="discriminator stride-2 layers (default: %(default)s)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=100, help="epochs at the initial learning rate (default: %(default)s)")
+    opt.add_argument("--epochs-decay", type=int, default=100, help="epochs of linear decay to 0 (default: %(default)s)")
+    opt.add_argument("--steps-per-epoch", type=int, help="iterations per epoch (default: one pass over the larger folder)")
+    opt.add_argument("--batch-size", type=int, default=1, help="default: %(default)s")
+    opt.add_argument("--crop-size", type=int, default=256, help="random crop side, a multiple of 4 (default: %(default)s)")
+    opt.add_argument("--no-flip", action="store_true", help="no random flips")
+    opt.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: %(default)s)")
+    opt.add_argument("--beta1", type=float, default=0.5, help="default: %(default)s")
+    opt.add_argument("--beta2", type=float, default=0.999, help="default: %(default)s")
+    opt.add_argument("--lambda-cycle", type=float, default=10.0, help="cycle loss weight (default: %(default)s)")
+    opt.add_argument("--lambda-identity", type=float, default=0.5, help="identity weight x lambda-cycle (default: %(default)s)")
+    opt.add_argument("--pool-size", type=int, default=50, help="image pool of past fakes (default: %(default)s)")
+    opt.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
+    opt.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    opt.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time (resumable)")
+    p.add_argument("--samples", type=int, default=4, help="images per domain in the per-epoch sample grid (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest.pt if present")
+    val = p.add_argument_group("optional paired validation (registered targets of some source images)")
+    val.add_argument("--val-source", help="folder of source images with registered targets")
+    val.add_argument("--val-target", help="folder of their registered targets (same file names)")
+    val.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx rolled into the targets")
+    val.add_argument("--border", type=int, default=0, help="pixels cut from every side when scoring (default: %(default)s)")
+    _add_common(p)
+    p.set_defaults(run=run_train_staingan)
+    return p
+
+
+def run_train_staingan(args: argparse.Namespace) -> int:
+    from .datasets import read_shifts
+    from .distill import pairs_from_folders
+    from .staingan import StainGANConfig, train_staingan
+
+    _set_threads(args)
+    config = StainGANConfig(
+        ngf=args.ngf, n_blocks=args.n_blocks, ndf=args.ndf, n_layers_d=args.n_layers_d,
+        epochs=args.epochs, epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, crop_size=args.crop_size, flip=not args.no_flip, lr=args.lr,
+        beta1=args.beta1, beta2=args.beta2, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+        pool_size=args.pool_size, seed=args.seed, device=args.device, amp=args.amp, num_workers=args.num_workers,
+        n_samples=args.samples, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        progress=not args.no_progress,
+    )
+    validation = None
+    if bool(args.val_source) != bool(args.val_target):
+        raise ValueError("--val-source and --val-target go together")
+    if args.val_source:
+        shifts = read_shifts(args.shift_csv) if args.shift_csv else None
+        validation = pairs_from_folders(args.val_source, args.val_target, shifts=shifts, border=args.border)
+    result = train_staingan(args.source, args.target, args.out, config, resume=args.resume, validation=validation)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"StainGAN (source -> target) saved to {result.out_dir}; the inverse generator to {result.out_dir / 'inverse'}")
+    print(f"epochs: {result.epochs_done} of {config.total_epochs}, {result.seconds / 60:.1f} min; samples in {result.out_dir / 'samples'}")
+    if result.history:
+        last = result.history[-1]
+        print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in ("G", "cyc", "idt", "D_t", "D_s")))
+    if result.val_metrics is not None:
+        m = result.val_metrics
+        print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
+    return 0
+
+
+# -- distill ----------------------------------------------------------------------------------
+
+
+def load_teacher(spec: str, references: list[str] | None = None, device: str | torch.device = "cpu") -> Any:
+    """A teacher from a command-line name or path.
+
+    - ``reinhard``, ``macenko``, ``vahadane``: the classical normalizer fitted on ``references``;
+    - a ``.safetensors`` file written by a normalizer's ``save``;
+    - a ``.pth`` CycleGAN generator checkpoint (``latest_net_G_A.pth``) or official StainNet checkpoint;
+    - a ``save_pretrained`` folder, a bundled weights name, or a Hub id of a StainGAN or StainNet.
+    """
+    from ..cli import build_normalizer
+    from ..models import StainGANGenerator, StainNet
+
+    if spec in CLASSICAL_TEACHERS:
+        return build_normalizer(spec, references, None, str(device))
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".safetensors":
+        from ..normalizers import StainNormalizer
+
+        return StainNormalizer.load(path).to(device)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        try:
+            return StainGANGenerator.from_cyclegan_checkpoint(path).to(device)
+        except ValueError:
+            return StainNet.from_official_checkpoint(path).to(device)
+    from ..hub import load_model
+
+    return load_model(spec).to(device)
+
+
+def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``distill`` (train a StainNet from a teacher) to ``subparsers``."""
+    p = subparsers.add_parser(
+        "distill",
+        help="distil a StainNet from a teacher (StainGAN, normalizer, teacher outputs or registered targets)",
+        description="Train a StainNet on (source, teacher) pairs, keeping the checkpoint with the best "
+        "validation PSNR. The default 'fast' recipe samples colour pairs (seconds on a CPU); "
+        "'--recipe paper' is the paper's SGD recipe on image crops.",
+    )
+    p.add_argument("--source", required=True, help="folder of source-domain images")
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument(
+        "--teacher", metavar="NAME_OR_PATH",
+        help="applied to the sources on the fly: reinhard/macenko/vahadane (with --reference), a saved normalizer "
+        "(.safetensors), a StainGAN or StainNet folder, .pth checkpoint, bundled name or Hub id",
+    )
+    teacher.add_argument("--teacher-outputs", metavar="DIR", help="folder of the teacher's outputs, same file names as --source")
+    teacher.add_argument("--targets", metavar="DIR", help="folder of registered target images, same file names (paired supervision)")
+    p.add_argument("--reference", nargs="+", metavar="PATH", help="target-domain images or folders to fit a classical --teacher on")
+    p.add_argument("--shift-csv", help="with --targets: CSV with pair,shift_dy,shift_dx rolled into the targets")
+    p.add_argument("--border", type=int, default=0, help="pixels cut from every side of both images (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder (save_pretrained: config.json, model.safetensors, README.md)")
+    p.add_argument("--recipe", choices=("fast", "paper"), default="fast", help="default: %(default)s")
+    p.add_argument("--n-layer", type=int, default=3, help="StainNet layers (default: %(default)s)")
+    p.add_argument("--n-channel", type=int, default=32, help="StainNet width (default: %(default)s)")
+    split = p.add_argument_group("validation split (for the best-PSNR checkpoint)")
+    split.add_argument("--val-fraction", type=float, default=0.2, help="random fraction held out (default: %(default)s)")
+    split.add_argument("--val-groups", nargs="+", metavar="GROUP", help="hold out these groups (e.g. slides) instead")
+    split.add_argument("--group-pattern", help=r"regex whose group 1 is a file's group, e.g. 'frame(\d+)'")
+    paper = p.add_argument_group("paper recipe")
+    paper.add_argument("--epochs", type=int, default=300, help="default: %(default)s")
+    paper.add_argument("--batch-size", type=int, default=10, help="default: %(default)s")
+    paper.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: %(default)s)")
+    paper.add_argument("--crop-size", type=int, default=256, help="default: %(default)s")
+    fast = p.add_argument_group("fast recipe")
+    fast.add_argument("--steps", type=int, default=1500, help="default: %(default)s")
+    fast.add_argument("--pixel-batch", type=int, default=8192, help="colour pairs per step (default: %(default)s)")
+    fast.add_argument("--fast-lr", type=float, default=0.01, help="peak Adam learning rate (default: %(default)s)")
+    p.add_argument("--max-seconds", type=float, help="stop training after this wall time (best checkpoint kept)")
+    _add_common(p)
+    p.set_defaults(run=run_distill)
+    return p
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from .datasets import read_shifts, split_names
+    from .distill import DistillConfig, default_device, distill, pairs_from_folders, pairs_from_teacher
+
+    _set_threads(args)
+    if args.shift_csv and not args.targets:
+        raise ValueError("--shift-csv applies to --targets only")
+    config = DistillConfig(
+        recipe=args.recipe, n_layer=args.n_layer, n_channel=args.n_channel, seed=args.seed, device=args.device,
+        max_seconds=args.max_seconds, progress=not args.no_progress, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, crop_size=args.crop_size, steps=args.steps, pixel_batch=args.pixel_batch, fast_lr=args.fast_lr,
+    )
+    device = default_device(args.device)
+    names = [p.name for p in list_images(args.source)]
+    train_names, val_names = split_names(names, args.val_fraction, args.seed, args.val_groups, args.group_pattern)
+    if args.teacher:
+        teacher = load_teacher(args.teacher, args.reference, device)
+        pairs = pairs_from_teacher(args.source, teacher, names, args.border, device, progress=not args.no_progress)
+        described = f"teacher {args.teacher} applied to the sources"
+    else:
+        folder = args.teacher_outputs or args.targets
+        shifts = read_shifts(args.shift_csv) if args.shift_csv else None
+        pairs = pairs_from_folders(args.source, folder, names, shifts, args.border)
+        described = f"{'teacher outputs' if args.teacher_outputs else 'registered targets'} in {folder}"
+    card = {"training_data": f"{len(train_names)} source images from {args.source}; {described}."}
+    result = distill(pairs.subset(train_names), pairs.subset(val_names) if val_names else None, config, args.out, card)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, default=str))
+        return 0
+    print(f"StainNet saved to {result.out_dir} ({args.recipe} recipe, {result.seconds:.1f} s)")
+    if result.val_metrics is not None:
+        m = result.val_metrics
+        print(
+            f"validation ({len(val_names)} images, against the teacher): PSNR {m.psnr_target:.2f} dB, "
+            f"SSIM target {m.ssim_target:.4f}, SSIM source {m.ssim_source:.4f}"
+        )
+    else:
+        print(f"no validation split; PSNR against the teacher on the training images: {result.best_psnr:.2f} dB")
+    return 0

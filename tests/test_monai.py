@@ -1,0 +1,172 @@
+"""MONAI array and dictionary transforms: same output as the core, metadata kept, MONAI seeding."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+monai = pytest.importorskip("monai")
+
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+import stain_transforms
+import stain_transforms.monai as stm
+from stain_transforms.testing import synthetic_tissue
+
+NORMALIZERS = ["ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "StainNetNormalize", "StainGANNormalize"]
+
+
+@functools.cache
+def _fitted(name: str) -> stain_transforms.StainTransform:
+    klass = getattr(stain_transforms, name, None)
+    if klass is None:
+        raise LookupError(name)
+    return klass().fit([synthetic_tissue(64, seed=s) for s in range(3)])
+
+
+def fitted_normalizer(name: str) -> stain_transforms.StainTransform:
+    """A ready core normalizer of each method (the same object for every test: never modify it)."""
+    try:
+        return _fitted(name)
+    except LookupError:
+        pytest.skip(f"stain_transforms.{name} is not available")
+
+
+@pytest.fixture(scope="module")
+def chw() -> torch.Tensor:
+    return torch.from_numpy(synthetic_tissue(64, seed=21, stain_scale=1.2)).permute(2, 0, 1).contiguous()
+
+
+def _meta_image(chw: torch.Tensor) -> MetaTensor:
+    image = MetaTensor(chw.clone(), meta={"filename_or_obj": "tile.png", "spacing": [0.5, 0.5]})
+    image.push_applied_operation({"class": "LoadImage"})
+    return image
+
+
+def test_importing_the_package_does_not_import_monai():
+    code = "import sys, stain_transforms; assert 'monai' not in sys.modules, 'monai imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_array_transform_equals_core(name, chw):
+    core = fitted_normalizer(name)
+    transform = getattr(stm, name)(normalizer=core)
+    expected = core(chw)
+    assert not torch.equal(expected, chw)
+    out = transform(chw)
+    assert type(out) is torch.Tensor and torch.equal(out, expected)
+    as_float = transform(chw.float() / 255)
+    assert as_float.dtype == torch.float32 and torch.equal(as_float, core(chw.float() / 255))
+    as_numpy = transform(chw.numpy())
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.shape == (3, 64, 64)
+    np.testing.assert_array_equal(as_numpy, expected.numpy())
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_metatensor_keeps_its_metadata(name, chw):
+    core = fitted_normalizer(name)
+    image = _meta_image(chw)
+    out = getattr(stm, name)(normalizer=core)(image)
+    assert isinstance(out, MetaTensor)
+    assert out.meta["filename_or_obj"] == "tile.png" and out.meta["spacing"] == [0.5, 0.5]
+    assert [op["class"] for op in out.applied_operations] == ["LoadImage"]
+    assert torch.equal(out.as_tensor(), core(chw))
+    batch = MetaTensor(torch.stack([chw, chw]), meta={"id": 3})
+    out = getattr(stm, name)(normalizer=core)(batch)
+    assert isinstance(out, MetaTensor) and out.meta["id"] == 3 and out.shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_dictionary_transform(name, chw):
+    core = fitted_normalizer(name)
+    dict_class = getattr(stm, name + "d")
+    label = torch.zeros(1, 64, 64)
+    data = {"image": _meta_image(chw), "label": label, "id": "a"}
+    out = dict_class(keys="image", normalizer=core)(data)
+    assert out["label"] is label and out["id"] == "a"
+    assert isinstance(out["image"], MetaTensor) and out["image"].meta["filename_or_obj"] == "tile.png"
+    assert torch.equal(out["image"].as_tensor(), core(chw))
+    assert data["image"].meta["filename_or_obj"] == "tile.png" and torch.equal(data["image"].as_tensor(), chw)
+    with pytest.raises(KeyError):
+        dict_class(keys=["image", "other"], normalizer=core)(data)
+    partial = dict_class(keys=["image", "other"], normalizer=core, allow_missing_keys=True)(data)
+    assert "other" not in partial and torch.equal(partial["image"].as_tensor(), core(chw))
+
+
+def test_normalizer_errors():
+    with pytest.raises(ValueError, match="not fitted"):
+        stm.ReinhardNormalize(normalizer=stain_transforms.ReinhardNormalize())
+    with pytest.raises(ValueError, match="needs normalizer="):
+        stm.MacenkoNormalize(normalizer=fitted_normalizer("ReinhardNormalize"))
+    with pytest.raises(ValueError, match="needs normalizer="):
+        stm.VahadaneNormalized(keys="image")
+    with pytest.raises(ValueError, match="channel-first"):
+        stm.ReinhardNormalize(normalizer=fitted_normalizer("ReinhardNormalize"))([1, 2, 3])
+
+
+def test_float_0_255_images_are_refused_with_a_hint(chw):
+    with pytest.raises(ValueError, match="divide 0-255 data by 255"):
+        stm.ReinhardNormalize(normalizer=fitted_normalizer("ReinhardNormalize"))(chw.float())
+
+
+def test_rand_hed_jitter_equals_core_with_its_draw(chw):
+    transform = stm.RandHEDJitter(alpha=0.2, beta=0.1, prob=1.0)
+    transform.set_random_state(0)
+    out = transform(_meta_image(chw))
+    expected = stain_transforms.HEDJitter(alpha=0.2, beta=0.1).apply_params(chw, transform.params)
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "tile.png"
+    assert torch.equal(out.as_tensor(), expected)
+    assert not torch.equal(expected, chw)
+    factors, shifts = transform.params["factors"], transform.params["shifts"]
+    assert ((factors - 1).abs() <= 0.2).all() and (shifts.abs() <= 0.1).all()
+
+
+def test_rand_hed_jitter_follows_set_random_state(chw):
+    def run(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed + 50)  # the torch RNG must play no part
+        transform = Compose([stm.RandHEDJitter(alpha=0.2, beta=0.1, prob=0.7)]).set_random_state(seed)
+        return [transform(chw) for _ in range(6)]
+
+    first, second, other = run(0), run(0), run(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert any(not torch.equal(a, c) for a, c in zip(first, other))
+
+
+def test_rand_hed_jitter_probability(chw):
+    transform = stm.HEDJitter(alpha=0.2, beta=0.1, prob=0.5)
+    transform.set_random_state(1)
+    changed = [not torch.equal(transform(chw), chw) for _ in range(40)]
+    assert 5 < sum(changed) < 35
+    assert torch.equal(stm.RandHEDJitter(prob=0.0)(chw), chw)
+
+
+def test_rand_hed_jitter_dictionary_shares_one_draw(chw):
+    transform = stm.RandHEDJitterd(keys=["image", "copy"], alpha=0.2, beta=0.1, prob=1.0).set_random_state(3)
+    label = torch.ones(1, 64, 64)
+    out = transform({"image": _meta_image(chw), "copy": chw.numpy().copy(), "label": label})
+    assert isinstance(out["image"], MetaTensor) and isinstance(out["copy"], np.ndarray)
+    np.testing.assert_array_equal(out["image"].as_tensor().numpy(), out["copy"])
+    assert not torch.equal(out["image"].as_tensor(), chw)
+    assert out["label"] is label
+    again = stm.HEDJitterd(keys="image", alpha=0.2, beta=0.1, prob=1.0).set_random_state(3)({"image": chw})
+    assert torch.equal(again["image"], out["image"].as_tensor())
+    never = stm.RandHEDJitterd(keys="image", prob=0.0)({"image": chw})
+    assert never["image"] is chw
+
+
+def test_transforms_pickle(chw):
+    transforms = [
+        stm.MacenkoNormalized(keys="image", normalizer=fitted_normalizer("MacenkoNormalize")),
+        stm.RandHEDJitterd(keys="image", prob=1.0).set_random_state(0),
+    ]
+    for transform in transforms:
+        copy = pickle.loads(pickle.dumps(transform))
+        assert torch.equal(copy({"image": chw})["image"], transform({"image": chw})["image"])
