@@ -334,8 +334,13 @@ def _albu_augmenter(method: str):
 
 
 # ---------------------------------------------------------------- scikit-image
-def _skimage_hed_augmenter(seed: int = 0, sigma_scale: float = 0.05, sigma_shift: float = 0.05):
-    """Classic HED jitter: rgb2hed, per-channel scale/shift, hed2rgb (float [0, 1])."""
+def _skimage_hed_augmenter(seed: int = 0, sigma_scale: float = 0.05, sigma_shift: float = 0.005):
+    """Classic HED jitter: rgb2hed, per-channel scale/shift, hed2rgb (float [0, 1]).
+
+    skimage's HED values are OD / ln(1e6), i.e. about 14x smaller than plain optical
+    density, so a shift of 0.005 here is about 0.07 OD.  rgb2hed also clips negative
+    stain values to 0, so even zero jitter does not give the input back.
+    """
     try:
         from skimage.color import hed2rgb, rgb2hed
     except Exception as err:  # noqa: BLE001

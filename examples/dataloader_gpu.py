@@ -33,6 +33,7 @@ from stain_transforms.files import list_images, read_rgb
 from stain_transforms.testing import synthetic_tissue
 
 METHODS = {"reinhard": "ReinhardNormalize", "macenko": "MacenkoNormalize", "vahadane": "VahadaneNormalize"}
+MODELS = {"stainnet": "StainNetNormalize", "staingan": "StainGANNormalize"}  # need --weights
 
 
 class Tiles(Dataset):
@@ -51,7 +52,7 @@ class Tiles(Dataset):
             hwc = synthetic_tissue(self.size, seed=index, stain_scale=0.7 + 0.6 * (index % 5) / 4)
         else:
             hwc = read_rgb(self.files[index])
-        return self.crop(torch.from_numpy(hwc).permute(2, 0, 1))
+        return self.crop(torch.tensor(hwc).permute(2, 0, 1))  # a copy: decoded arrays may be read-only
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.image(index), index % 2
@@ -60,15 +61,21 @@ class Tiles(Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="folder of image tiles (default: synthetic tiles)")
-    parser.add_argument("--method", choices=sorted(METHODS), default="macenko")
+    parser.add_argument("--method", choices=sorted(METHODS) + sorted(MODELS), default="macenko")
+    parser.add_argument("--weights", help="for stainnet / staingan: a registered name, a folder or a Hub repo id")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--references", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="torch threads of the main process (default: torch's choice)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        # On a CPU shared with the loader workers (or other jobs), one thread avoids waiting at
+        # every operation's barrier; the colour work is vectorised within the thread either way.
+        torch.set_num_threads(args.threads)
 
     dataset = Tiles(args.data, args.size, count=args.batch_size * args.steps)
     loader = DataLoader(
@@ -81,10 +88,15 @@ def main() -> None:
         drop_last=True,
     )
 
-    # Fit once on a few references (the more, the more robust: their statistics are pooled), then
-    # move the fitted state to the device like any module.
-    references = torch.stack([dataset.image(i) for i in range(min(args.references, len(dataset)))])
-    normalizer = getattr(stain_transforms, METHODS[args.method])().fit(references).to(device)
+    if args.method in MODELS:
+        if not args.weights:
+            parser.error(f"--method {args.method} needs --weights (see stain_transforms.list_weights())")
+        normalizer = getattr(stain_transforms, MODELS[args.method]).from_pretrained(args.weights).to(device)
+    else:
+        # Fit once on a few references (the more, the more robust: their statistics are pooled),
+        # then move the fitted state to the device like any module.
+        references = torch.stack([dataset.image(i) for i in range(min(args.references, len(dataset)))])
+        normalizer = getattr(stain_transforms, METHODS[args.method])().fit(references).to(device)
     colour = v2.Compose([normalizer, stain_transforms.HEDJitter.light(p=0.5)])
 
     model = nn.Sequential(

@@ -53,35 +53,61 @@ def _core_class(name: str) -> type[StainTransform]:
     return klass
 
 
-def transform_to_spec(transform: StainTransform) -> dict[str, Any]:
-    """A JSON-serialisable description of a transform: class name, settings and tensors."""
-    state = transform.state_dict()
-    numbers = sum(t.numel() for t in state.values())
-    if numbers > MAX_EMBEDDED_NUMBERS:
-        raise ValueError(
-            f"{type(transform).__name__} has {numbers} parameters, too many to embed in a serialised pipeline; "
-            "build the wrapper with weights=<name or folder>, or save() it and pass its path as normalizer="
-        )
-    tensors = {
+def _tensors_to_spec(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {
         name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "data": t.flatten().tolist()}
         for name, t in state.items()
     }
-    return {"class": type(transform).__name__, "config": transform.config, "state": tensors}
+
+
+def _tensors_from_spec(tensors: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.tensor(t["data"], dtype=getattr(torch, t["dtype"])).reshape(t["shape"])
+        for name, t in tensors.items()
+    }
+
+
+def transform_to_spec(transform: StainTransform) -> dict[str, Any]:
+    """A JSON-serialisable description of a transform: class name, settings and tensors.
+
+    A model-based normalizer (one with a ``model`` made by huggingface_hub's mixin, as StainNet and
+    StainGAN) is described by its own settings plus the model's class, constructor arguments and
+    weights.
+    """
+    numbers = sum(t.numel() for t in transform.state_dict().values())
+    if numbers > MAX_EMBEDDED_NUMBERS:
+        raise ValueError(
+            f"{type(transform).__name__} has {numbers} parameters, too many to embed in a serialised pipeline; "
+            "build the wrapper with weights=<name or folder>, or save it and pass its path as normalizer="
+        )
+    spec: dict[str, Any] = {"class": type(transform).__name__, "config": dict(getattr(transform, "config", {}))}
+    model = getattr(transform, "model", None)
+    if isinstance(model, torch.nn.Module):
+        spec["model"] = {
+            "class": type(model).__name__,
+            "config": dict(getattr(model, "_hub_mixin_config", {})),
+            "state": _tensors_to_spec(model.state_dict()),
+        }
+    else:
+        spec["state"] = _tensors_to_spec(transform.state_dict())
+    return spec
 
 
 def transform_from_spec(spec: dict[str, Any]) -> StainTransform:
     """Rebuild a transform from :func:`transform_to_spec`'s description."""
+    from . import models
+
     try:
-        klass, config, tensors = _core_class(spec["class"]), spec["config"], spec["state"]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"not a serialised stain_transforms transform: missing {error}") from error
-    transform = klass(**config)
-    state = {
-        name: torch.tensor(t["data"], dtype=getattr(torch, t["dtype"])).reshape(t["shape"])
-        for name, t in tensors.items()
-    }
-    transform.load_state_dict(state)
-    return transform
+        klass, config = _core_class(spec["class"]), spec["config"]
+        if "model" in spec:
+            model = getattr(models, spec["model"]["class"])(**spec["model"]["config"])
+            model.load_state_dict(_tensors_from_spec(spec["model"]["state"]))
+            return klass(model, **config)
+        transform = klass(**config)
+        transform.load_state_dict(_tensors_from_spec(spec["state"]))
+        return transform
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"not a serialised stain_transforms transform ({type(error).__name__}: {error})") from error
 
 
 class _NormalizeWrapper(ImageOnlyTransform):
@@ -96,8 +122,8 @@ class _NormalizeWrapper(ImageOnlyTransform):
     def _resolve(self, normalizer: Any) -> tuple[StainTransform, dict[str, Any] | str | None]:
         klass = _core_class(self.core)
         if isinstance(normalizer, (str, Path)):
-            # A file is what save() wrote; anything else is a name or folder for from_pretrained().
-            if Path(normalizer).is_file() or not hasattr(klass, "from_pretrained"):
+            # A file is what a normalizer's save() wrote; a name or folder is for from_pretrained().
+            if hasattr(klass, "load") and (Path(normalizer).is_file() or not hasattr(klass, "from_pretrained")):
                 loaded = klass.load(normalizer)
             else:
                 loaded = klass.from_pretrained(str(normalizer))

@@ -16,6 +16,7 @@ A = pytest.importorskip("albumentations")
 
 import stain_transforms
 import stain_transforms.albumentations as sta
+import stain_transforms.models
 from stain_transforms.testing import synthetic_tissue
 
 NORMALIZERS = ["ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "StainNetNormalize", "StainGANNormalize"]
@@ -26,6 +27,12 @@ def _fitted(name: str) -> stain_transforms.StainTransform:
     klass = getattr(stain_transforms, name, None)
     if klass is None:
         raise LookupError(name)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        if name == "StainNetNormalize":  # untrained but deterministic models: adapters only pass data through
+            return klass(stain_transforms.models.StainNet(), backend="conv")
+        if name == "StainGANNormalize":
+            return klass(stain_transforms.models.StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
     return klass().fit([synthetic_tissue(64, seed=s) for s in range(3)])
 
 
@@ -78,6 +85,7 @@ def test_normalizer_wrapper_probability_zero(name, image):
 @pytest.mark.parametrize("name", NORMALIZERS)
 def test_serialisation_embeds_the_fitted_state(name, image, tmp_path):
     core = fitted_normalizer(name)
+    image = image.astype(np.float32) / 255  # float: no lookup table for a restored StainNet to build
     pipeline = A.Compose([getattr(sta, name)(normalizer=core, p=1.0)])
     path = tmp_path / "pipeline.json"
     A.save(pipeline, str(path))
@@ -169,3 +177,29 @@ def test_hed_jitter_on_a_stack_shares_one_draw(image):
     out = A.Compose([sta.HEDJitter.strong(p=1.0)], seed=0)(images=stack)["images"]
     np.testing.assert_array_equal(out[0], out[1])
     assert not np.array_equal(out[0], image)
+
+
+@pytest.mark.parametrize("name", ["StainNetNormalize", "StainGANNormalize"])
+def test_model_wrappers_take_weights_and_serialise_the_reference(name, image, tmp_path):
+    core = fitted_normalizer(name)
+    folder = tmp_path / "weights"
+    core.save_pretrained(folder)
+    wrapper = getattr(sta, name)(weights=str(folder))
+    x = image.astype(np.float32) / 255
+    expected = core(x)
+    np.testing.assert_array_equal(A.Compose([wrapper])(image=x)["image"], expected)
+    serialised = A.to_dict(A.Compose([wrapper]))["transform"]["transforms"][0]
+    assert serialised["weights"] == str(folder) and "normalizer" not in serialised
+    restored = A.from_dict({"transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": [serialised]}})
+    np.testing.assert_array_equal(restored(image=x)["image"], expected)
+    with pytest.raises(ValueError, match="exactly one of"):
+        getattr(sta, name)(normalizer=core, weights=str(folder))
+    with pytest.raises(ValueError, match="exactly one of"):
+        getattr(sta, name)()
+
+
+def test_large_models_must_be_referenced(monkeypatch):
+    core = fitted_normalizer("StainGANNormalize")
+    monkeypatch.setattr(sta, "MAX_EMBEDDED_NUMBERS", 1000)
+    with pytest.raises(ValueError, match="too many to embed"):
+        A.to_dict(A.Compose([sta.StainGANNormalize(normalizer=core)]))

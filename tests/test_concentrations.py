@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
+from stain_transforms.functional import concentrations
 from stain_transforms.functional.concentrations import (
     least_squares_concentrations,
     masked_quantile,
@@ -13,7 +14,13 @@ from stain_transforms.functional.concentrations import (
     stain_transfer,
 )
 
-H_AND_E = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]]) / np.linalg.norm([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]], axis=0)
+H_AND_E = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
+H_AND_E = H_AND_E / np.linalg.norm(H_AND_E, axis=0)
+
+
+def unit(matrix) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return matrix / np.linalg.norm(matrix, axis=0)
 
 
 def random_problems(rng, n_matrices, n_pixels, non_negative=True):
@@ -78,11 +85,18 @@ def test_float32_solvers_agree_with_float64():
 
 def test_masked_quantile_matches_numpy_percentile():
     rng = np.random.default_rng(4)
-    values, mask = rng.normal(size=(3, 2, 500)), rng.uniform(size=(3, 500)) < 0.3
-    ours = masked_quantile(torch.from_numpy(values), torch.from_numpy(mask), [0.01, 0.99]).numpy()
-    for b in range(3):
+    values, mask = rng.normal(size=(5, 2, 500)), rng.uniform(size=(5, 500)) < 0.3
+    mask[3] = False
+    mask[3, 17] = True  # a single selected pixel
+    mask[4] = True
+    quantiles = [0.0, 0.01, 0.3, 0.5, 0.99, 1.0]
+    ours = masked_quantile(torch.from_numpy(values), torch.from_numpy(mask), quantiles).numpy()
+    for b in range(5):
         for c in range(2):
-            np.testing.assert_allclose(ours[b, c], np.percentile(values[b, c][mask[b]], [1, 99]), atol=1e-12)
+            expected = np.percentile(values[b, c][mask[b]], [100 * q for q in quantiles])
+            np.testing.assert_allclose(ours[b, c], expected, atol=1e-12)
+    empty = masked_quantile(torch.from_numpy(values), torch.zeros(5, 500, dtype=torch.bool), 0.99)
+    assert empty.shape == (5, 2) and torch.isnan(empty).all()
 
 
 def test_max_concentrations_uses_every_pixel_when_none_is_selected():
@@ -123,17 +137,36 @@ def test_stain_transfer_matches_the_textbook_computation(solver):
     np.testing.assert_array_equal(ours[:, :, 0, 0], 1.0)
 
 
-def test_stain_transfer_nnls_with_an_obtuse_source_matrix():
-    # Stain vectors more than 90 degrees apart take the general NNLS path.
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        ([[0.9, -0.3], [0.1, 0.9], [0.42, -0.31]], H_AND_E),  # stains > 90 degrees apart: the general NNLS
+        (H_AND_E, [[0.6, -0.1], [0.7, 0.9], [0.3, 0.4]]),  # a target with a negative entry: output clamped
+    ],
+)
+def test_stain_transfer_nnls_with_unusual_matrices(source, target):
     rng = np.random.default_rng(6)
     rgb = rng.uniform(0.2, 1.0, (1, 3, 4, 4))
-    source = np.array([[0.9, -0.3], [0.1, 0.9], [0.42, -0.31]])
-    source /= np.linalg.norm(source, axis=0)
+    source, target = unit(source), unit(target)
+    ones = torch.ones(2, dtype=torch.float64)
     ours = stain_transfer(
-        torch.from_numpy(rgb), torch.from_numpy(source), torch.ones(2, dtype=torch.float64),
-        torch.from_numpy(H_AND_E), torch.ones(2, dtype=torch.float64), solver="nnls",
+        torch.from_numpy(rgb), torch.from_numpy(source), ones, torch.from_numpy(target), ones, solver="nnls"
     ).numpy()
-    np.testing.assert_allclose(ours[0], numpy_transfer(rgb[0], source, np.ones(2), H_AND_E, np.ones(2), "nnls"), atol=1e-10)
+    expected = numpy_transfer(rgb[0], source, np.ones(2), target, np.ones(2), "nnls")
+    np.testing.assert_allclose(ours[0], expected, atol=1e-10)
+    assert ours.max() <= 1.0
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "nnls"])
+def test_stain_transfer_in_chunks_equals_in_one_go(solver, monkeypatch):
+    rng = np.random.default_rng(7)
+    rgb = torch.from_numpy(rng.uniform(0.1, 1.0, (2, 3, 20, 30)))
+    source = torch.from_numpy(np.stack([H_AND_E, H_AND_E[:, ::-1].copy()]))
+    args = (source, torch.tensor([[1.0, 0.7], [0.4, 1.1]], dtype=torch.float64), torch.from_numpy(H_AND_E),
+            torch.tensor([1.5, 0.9], dtype=torch.float64))
+    whole = stain_transfer(rgb, *args, solver=solver)
+    monkeypatch.setattr(concentrations, "TRANSFER_CHUNK", 77)  # 600 pixels: 8 chunks, the last one short
+    torch.testing.assert_close(stain_transfer(rgb, *args, solver=solver), whole, atol=1e-12, rtol=0)
 
 
 def test_stain_transfer_does_not_modify_its_input():

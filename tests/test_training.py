@@ -32,7 +32,7 @@ from stain_transforms.training.datasets import random_crop_flip
 from stain_transforms.training.staingan import ImagePool, StainGANConfig, train_staingan
 
 # A tiny CycleGAN: a few seconds per run on a CPU.
-TINY_GAN = dict(ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1, crop_size=32, pool_size=3, n_samples=2, progress=False)
+TINY_GAN = {"ngf": 4, "n_blocks": 1, "ndf": 4, "epochs": 1, "epochs_decay": 1, "crop_size": 32, "pool_size": 3, "n_samples": 2, "progress": False}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -156,7 +156,7 @@ def test_distill_learns_a_colour_map_and_keeps_the_best_checkpoint(folders, reci
     pairs = pairs_from_folders(folders["source"], folders["teacher"])
     train, val = split_names(pairs.names, val_groups=["b"], group_pattern=r"slide(\w)_")
     untrained = validation_psnr(StainNet(), pairs.subset(val))
-    settings = dict(steps=300, val_every_steps=50) if recipe == "fast" else dict(epochs=60, batch_size=2, lr=0.5, val_every_epochs=10)
+    settings = {"steps": 300, "val_every_steps": 50} if recipe == "fast" else {"epochs": 60, "batch_size": 2, "lr": 0.5, "val_every_epochs": 10}
     result = distill(pairs.subset(train), pairs.subset(val), DistillConfig(recipe=recipe, progress=False, **settings))
     assert result.best_psnr == max(h["val_psnr"] for h in result.history)
     assert result.best_psnr == pytest.approx(validation_psnr(result.model, pairs.subset(val)))

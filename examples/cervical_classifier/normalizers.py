@@ -66,8 +66,13 @@ def fit_macenko(site_a_images: torch.Tensor) -> MacenkoNormalize:
     return MacenkoNormalize().fit(site_a_images, progress=False)
 
 
-def train_staingan_b_to_a(site_b_dir: Path, site_a_dir: Path, out_dir: Path, settings: NormalizerSettings) -> StainGANGenerator:
-    """Train a StainGAN from site B (source) to site A (target) with the library's trainer."""
+def train_staingan_b_to_a(
+    site_b_dir: Path, site_a_dir: Path, out_dir: Path, settings: NormalizerSettings, resume: bool = False
+) -> StainGANGenerator:
+    """Train a StainGAN from site B (source) to site A (target) with the library's trainer.
+
+    ``resume`` continues an interrupted training from its last epoch checkpoint in ``out_dir``.
+    """
     s = settings
     config = StainGANConfig(
         ngf=s.gan_ngf, n_blocks=s.gan_blocks, ndf=s.gan_ndf, n_layers_d=s.gan_layers_d, crop_size=s.gan_crop,
@@ -82,7 +87,7 @@ def train_staingan_b_to_a(site_b_dir: Path, site_a_dir: Path, out_dir: Path, set
         "training_data": "Liquid based cytology pap smear images (Mendeley Data, CC BY 4.0), training split only",
         "data_terms": "CC BY 4.0",
     }
-    return train_staingan(site_b_dir, site_a_dir, out_dir, config, card=card).generator.eval()
+    return train_staingan(site_b_dir, site_a_dir, out_dir, config, resume=resume, card=card).generator.eval()
 
 
 def distill_stainnet(site_b_dir: Path, teacher: StainGANGenerator, out_dir: Path, settings: NormalizerSettings) -> StainNet:
@@ -135,7 +140,7 @@ def load_or_train(
             print(f"using the StainGAN in {gan_dir}")
             generator = StainGANGenerator.from_pretrained(gan_dir).eval()
         else:
-            generator = train_staingan_b_to_a(site_b_dir, site_a_dir, gan_dir, settings)
+            generator = train_staingan_b_to_a(site_b_dir, site_a_dir, gan_dir, settings, resume)
         if "staingan" in names:
             out["staingan"] = generator.translate
     if "stainnet" in names:

@@ -3,8 +3,8 @@
 With a (3, 2) stain matrix ``S`` (unit OD vectors of haematoxylin and eosin as columns), a pixel's
 optical density is ``od = S @ c`` for its two stain concentrations ``c``. Two solvers recover ``c``:
 
-- :func:`least_squares_concentrations`: ``c = pinv(S) @ od``, as in Macenko et al. (2009); a
-  concentration may come out negative where the pixel is not a mix of the two stains.
+- :func:`least_squares_concentrations`: ``c = pinv(S) @ od = (S^T S)^-1 S^T od``, as in Macenko
+  et al. (2009); a concentration may come out negative where the pixel is not a mix of the two stains.
 - :func:`nnls_concentrations`: exact non-negative least squares, in closed form. With two unknowns
   the constrained minimum is either the unconstrained one, or lies on an axis, where it is a 1-D
   problem. Vahadane et al. (2016) need concentrations to be non-negative.
@@ -22,6 +22,8 @@ from .color import MIN_INTENSITY
 
 # A source stain's 99th-percentile concentration is at least this, so the rescaling stays finite.
 MIN_MAX_CONCENTRATION = 1e-4
+# stain_transfer works through images larger than this many pixels in chunks, to bound its memory.
+TRANSFER_CHUNK = 2**18
 
 
 def _batched(stain_matrix: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -51,19 +53,38 @@ def least_squares_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor) -
     Example:
         >>> stains = torch.tensor([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
         >>> od = stains @ torch.tensor([[0.5], [-0.2]])
-        >>> least_squares_concentrations(od[None], stains).flatten().round(decimals=4).tolist()
+        >>> [round(c, 4) for c in least_squares_concentrations(od[None], stains).flatten().tolist()]
         [0.5, -0.2]
     """
     _check_od(od)
     stains = _batched(stain_matrix, od.shape[0]).to(od)
-    return _apply(torch.linalg.pinv(stains), od)
+    _, inverse = _normal_equations(stains)
+    return _apply(inverse @ stains.mT, od)
 
 
-def _face_ratios(stains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gram matrix ``S^T S`` (B, 2, 2) and the ratios (G01 / G00, G01 / G11) as (B, 2)."""
+def _normal_equations(stains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram matrices ``G = S^T S`` (B, 2, 2) and their inverses, in closed form.
+
+    A ridge of a few float epsilons keeps the inverse finite when the two stain vectors coincide
+    (a singular ``G``): the OD is then split evenly between them, as the pseudo-inverse does. For
+    any usable stain matrix its effect is below the floating-point precision of the result.
+    """
     gram = stains.mT @ stains
+    g00, g01, g11 = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    ridge = (g00 + g11) * (8 * torch.finfo(gram.dtype).eps)
+    g00, g11 = g00 + ridge, g11 + ridge
+    det = (g00 * g11 - g01 * g01).clamp(min=torch.finfo(gram.dtype).tiny)
+    inverse = torch.stack([g11, -g01, -g01, g00], dim=1).reshape(-1, 2, 2) / det[:, None, None]
+    return gram, inverse
+
+
+def _axis_map(gram: torch.Tensor) -> torch.Tensor:
+    """R = [[0, G01/G00], [G01/G11, 0]] (B, 2, 2): ``c + R min(c, 0)`` moves a negative component's
+    share onto the other stain, giving the 1-D (on-axis) least-squares solution of the other."""
     diagonal = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=torch.finfo(gram.dtype).tiny)
-    return gram, gram[:, 0, 1, None] / diagonal
+    ratios = gram[:, 0, 1, None] / diagonal  # (G01 / G00, G01 / G11)
+    zeros = torch.zeros_like(ratios[:, 0])
+    return torch.stack([zeros, ratios[:, 0], ratios[:, 1], zeros], dim=1).reshape(-1, 2, 2)
 
 
 def nnls_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor, l1: float = 0.0) -> torch.Tensor:
@@ -88,27 +109,27 @@ def nnls_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor, l1: float 
     Example:
         >>> stains = torch.tensor([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
         >>> od = stains @ torch.tensor([[0.5], [-0.2]])
-        >>> nnls_concentrations(od[None], stains).flatten().round(decimals=4).tolist()
-        [0.4266, 0.0]
+        >>> [round(c, 4) for c in nnls_concentrations(od[None], stains).flatten().tolist()]
+        [0.3454, 0.0]
     """
     _check_od(od)
     stains = _batched(stain_matrix, od.shape[0]).to(od)
-    gram, ratios = _face_ratios(stains)
-    unconstrained = _apply(torch.linalg.pinv(stains), od)
+    gram, inverse = _normal_equations(stains)
+    unconstrained = (inverse @ stains.mT) @ od.flatten(2)  # (B, 2, N)
     if l1:
-        shift = torch.linalg.pinv(gram).sum(dim=2) * l1  # G^-1 @ (l1, l1)
-        unconstrained = unconstrained - shift.reshape(shift.shape[0], 2, *([1] * (od.ndim - 2)))
-    shape = (ratios.shape[0], 2, *([1] * (od.ndim - 2)))
+        unconstrained = unconstrained - inverse.sum(dim=2, keepdim=True) * l1  # G^-1 (S^T od - l1)
     if bool((gram[:, 0, 1] >= 0).all()):
-        # c_i <- max(c_i + r_i * min(c_j, 0), 0): unchanged when c_j >= 0, the 1-D solution otherwise.
-        return (unconstrained + ratios.reshape(shape) * unconstrained.flip(1).clamp(max=0.0)).clamp(min=0.0)
-    return _nnls_general(unconstrained, gram, shape)
+        # c <- max(c + R min(c, 0), 0): unchanged where c >= 0, the on-axis solution otherwise.
+        solution = torch.baddbmm(unconstrained, _axis_map(gram), unconstrained.clamp(max=0.0)).clamp_(min=0.0)
+    else:
+        solution = _nnls_general(unconstrained, gram)
+    return solution.reshape(od.shape[0], 2, *od.shape[2:])
 
 
-def _nnls_general(unconstrained: torch.Tensor, gram: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Two-stain NNLS for any Gram matrix: keep the better of the two axis solutions where needed."""
-    linear = _apply(gram, unconstrained)  # S^T od - l1, recovered from the unconstrained solution
-    diagonal = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=torch.finfo(gram.dtype).tiny).reshape(shape)
+def _nnls_general(unconstrained: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Two-stain NNLS for any Gram matrix, on (B, 2, N): keep the better of the two axis solutions."""
+    linear = gram @ unconstrained  # S^T od - l1, recovered from the unconstrained solution
+    diagonal = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=torch.finfo(gram.dtype).tiny)[:, :, None]
     on_axis = linear.clamp(min=0.0) / diagonal  # the 1-D solution on each axis
     # Objective on axis i is -1/2 * linear_i^2 / G_ii (for positive linear_i): the larger gain wins.
     gain = on_axis * linear.clamp(min=0.0)
@@ -121,6 +142,11 @@ def _nnls_general(unconstrained: torch.Tensor, gram: torch.Tensor, shape: tuple[
 def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float | list[float]) -> torch.Tensor:
     """Per-row quantiles of ``values`` (B, ..., N) over the pixels where ``mask`` (B, N) is True.
 
+    Linear interpolation between order statistics, as ``numpy.percentile``. Extreme quantiles (the
+    1st and 99th percentiles that stain methods use) only need the few smallest or largest values,
+    so they are read off a partial ``topk`` rather than a full sort: ``quantile_q(x) =
+    -quantile_(1-q)(-x)`` turns an upper quantile into a lower one.
+
     Returns (B, ..., len(q)) for a list, (B, ...) for a float; NaN for rows with no selected pixel.
 
     Example:
@@ -128,10 +154,26 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float | list[fl
         >>> masked_quantile(values, values < 5, 0.5).tolist()
         [2.0]
     """
-    selected = values.masked_fill(~mask.reshape(mask.shape[0], *([1] * (values.ndim - 2)), -1), torch.nan)
-    quantiles = torch.as_tensor(q, dtype=values.dtype, device=values.device)
-    result = torch.nanquantile(selected, quantiles, dim=-1)
-    return result.movedim(0, -1) if quantiles.ndim else result
+    scalar = isinstance(q, (int, float))
+    quantiles = [float(q)] if scalar else [float(qi) for qi in q]
+    if any(not 0.0 <= qi <= 1.0 for qi in quantiles):
+        raise ValueError(f"quantiles must lie in [0, 1], got {q}")
+    # One lower-tail problem per quantile, stacked on a new axis: x for q <= 1/2, -x above.
+    signs = torch.tensor([-1.0 if qi > 0.5 else 1.0 for qi in quantiles], dtype=values.dtype, device=values.device)
+    tails = torch.tensor([min(qi, 1.0 - qi) for qi in quantiles], dtype=values.dtype, device=values.device)
+    keep = mask.reshape(mask.shape[0], *([1] * (values.ndim - 1)), mask.shape[-1])  # (B, ..., 1, N)
+    x = (values.unsqueeze(-2) * signs[:, None]).masked_fill_(~keep, torch.inf)  # (B, ..., nq, N)
+    last = keep.sum(dim=-1, keepdim=True) - 1  # index of the largest selected value; -1 when none
+    position = tails[:, None] * last.clamp(min=0)  # (B, ..., nq, 1)
+    low = position.floor()
+    k = min(int(low.max()) + 2, x.shape[-1])
+    smallest = torch.topk(x, k, dim=-1, largest=False, sorted=True).values
+    low_index = low.long().expand(*x.shape[:-1], 1)
+    index = torch.cat([low_index, torch.minimum(low_index + 1, last.clamp(min=0))], dim=-1)
+    pairs = smallest.gather(-1, index)
+    result = torch.lerp(pairs[..., 0], pairs[..., 1], (position - low)[..., 0]) * signs
+    result = result.masked_fill_(last[..., 0] < 0, torch.nan)
+    return result[..., 0] if scalar else result
 
 
 def max_concentrations(concentrations: torch.Tensor, mask: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
@@ -192,20 +234,42 @@ def stain_transfer(
         min=MIN_MAX_CONCENTRATION
     )
     remix = target * scale[:, None, :]  # T diag(scale): (B, 3, 2)
-    unmix = torch.linalg.pinv(source)  # (B, 2, 3)
+    gram, inverse = _normal_equations(source)
+    unmix = inverse @ source.mT  # pinv(S): (B, 2, 3)
+    if solver == "lstsq":
+        path, matrices = "lstsq", (remix @ unmix,)
+    elif bool((gram[:, 0, 1] >= 0).all()):
+        # With non-negative target stains the output needs no clamp (see _transfer_pixels).
+        path = "nnls" if bool((remix >= 0).all()) else "nnls_clamped"
+        matrices = (unmix, _axis_map(gram), remix)
+    else:
+        path, matrices = "nnls_general", (source, remix)
+    flat = rgb.flatten(2)
+    if flat.shape[2] <= TRANSFER_CHUNK:
+        return _transfer_pixels(flat, path, matrices).reshape(rgb.shape)
+    # Large images go through in chunks of pixels: the temporaries stay small (and in cache).
+    out = torch.empty_like(flat)
+    for start in range(0, flat.shape[2], TRANSFER_CHUNK):
+        chunk = slice(start, start + TRANSFER_CHUNK)
+        out[:, :, chunk] = _transfer_pixels(flat[:, :, chunk], path, matrices)
+    return out.reshape(rgb.shape)
+
+
+def _transfer_pixels(rgb: torch.Tensor, path: str, matrices: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """:func:`stain_transfer` of (B, 3, N) pixels, with its small matrices already prepared."""
     # Work on log(rgb) = -OD throughout, so that no negation pass is needed: out = exp(M @ log(rgb)).
     log_rgb = rgb.clamp(min=MIN_INTENSITY).log_()
-    if solver == "lstsq":
-        out = _apply(remix @ unmix, log_rgb)
-        return out.exp_().clamp_(max=1.0)
-    gram, ratios = _face_ratios(source)
-    if not bool((gram[:, 0, 1] >= 0).all()):
-        concentrations = nnls_concentrations(log_rgb.neg_(), source)
-        return _apply(remix, concentrations).neg_().exp_().clamp_(max=1.0)
-    # In -OD units (u = -c), the NNLS update c_i <- max(c_i + r_i min(c_j, 0), 0) reads
-    # u_i <- min(u_i + r_i max(u_j, 0), 0).
-    neg_c = _apply(unmix, log_rgb)
-    ratios = ratios.reshape(batch_size, 2, 1, 1)
-    neg_c = neg_c.flip(1).clamp_(min=0.0).mul_(ratios).add_(neg_c).clamp_(max=0.0)
-    # remix >= 0 and neg_c <= 0, so the result is already in (0, 1]; the clamp only guards rounding.
-    return _apply(remix, neg_c).exp_().clamp_(max=1.0)
+    if path == "lstsq":  # a single 3x3 map: T diag(scale) pinv(S)
+        (mapping,) = matrices
+        return (mapping @ log_rgb).exp_().clamp_(max=1.0)
+    if path == "nnls_general":  # stain vectors more than 90 degrees apart
+        source, remix = matrices
+        return (remix @ nnls_concentrations(log_rgb.neg_(), source)).neg_().exp_().clamp_(max=1.0)
+    unmix, axis_map, remix = matrices
+    # In -OD units (u = -c) the NNLS update c <- max(c + R min(c, 0), 0) reads u <- min(u + R max(u, 0), 0):
+    # one fused baddbmm on the two concentration planes. With remix >= 0 (non-negative target stains)
+    # remix @ u <= 0 exactly, so exp lands in (0, 1] without a clamp.
+    neg_c = unmix @ log_rgb
+    neg_c = torch.baddbmm(neg_c, axis_map, neg_c.clamp(min=0.0)).clamp_(max=0.0)
+    out = (remix @ neg_c).exp_()
+    return out if path == "nnls" else out.clamp_(max=1.0)

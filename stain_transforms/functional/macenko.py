@@ -81,7 +81,7 @@ def macenko_from_od(od: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0) ->
     plane = plane * torch.where((plane * mean[:, :, None]).sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
     projected = plane.mT @ od  # (B, 2, N)
     angles = torch.atan2(projected[:, 1], projected[:, 0])
-    extremes = masked_quantile(angles, mask | (count < 1)[:, None], [alpha / 100.0, 1.0 - alpha / 100.0])
+    extremes = masked_quantile(angles, mask, [alpha / 100.0, 1.0 - alpha / 100.0])  # NaN without pixels
     directions = torch.stack([torch.cos(extremes), torch.sin(extremes)], dim=1)  # (B, 2, 2)
     stains = order_stains(plane @ directions)
     usable = (count >= MIN_PIXELS) & (eigenvalues[:, 1] > 0) & torch.isfinite(stains).all(dim=(1, 2))

@@ -148,7 +148,8 @@ def vahadane_stain_matrix(
         raise ValueError(f"rgb must have shape (B, 3, H, W), got {tuple(rgb.shape)}")
     if regularizer < 0 or iterations < 0 or max_pixels < 1:
         raise ValueError(
-            f"regularizer and iterations must be >= 0 and max_pixels >= 1, got {regularizer}, {iterations}, {max_pixels}"
+            "regularizer and iterations must be >= 0 and max_pixels >= 1, "
+            f"got {regularizer}, {iterations}, {max_pixels}"
         )
     pixels = random_pixels(rgb, max_pixels, generator)
     return vahadane_from_od(rgb_to_od(pixels), pixel_masks(pixels, luminosity_threshold), regularizer, iterations)

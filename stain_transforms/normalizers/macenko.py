@@ -41,7 +41,7 @@ class StainMatrixNormalizer(StainNormalizer):
         self,
         *,
         solver: str = "nnls",
-        max_pixels: int = 2**16,
+        max_pixels: int = 2**14,
         luminosity_threshold: float = 0.8,
         min_tissue_fraction: float = 0.01,
     ) -> None:
@@ -79,8 +79,10 @@ class StainMatrixNormalizer(StainNormalizer):
 
     def image_statistics(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         pixels = self.sample(batch)
+        return self._statistics(pixels, pixel_masks(pixels, self.luminosity_threshold))
+
+    def _statistics(self, pixels: torch.Tensor, tissue: torch.Tensor) -> dict[str, torch.Tensor]:
         od = rgb_to_od(pixels)
-        tissue = pixel_masks(pixels, self.luminosity_threshold)
         stains = self.estimate(od, tissue)
         maxima = max_concentrations(self.concentrations(od, stains), tissue)
         return {"stain_matrix": stains, "max_concentrations": maxima}
@@ -95,18 +97,36 @@ class StainMatrixNormalizer(StainNormalizer):
         """Boolean (B,): enough tissue and more than one colour, judged on the estimation subsample.
 
         Same rule as :meth:`StainNormalizer.informative`, with the tissue fraction measured on the
-        regular grid of at most ``max_pixels`` pixels (exact for images no larger than that), which
-        keeps this check from costing more than the normalization itself on large images.
+        ``max_pixels`` pixels that statistics are estimated from (exact for images no larger than
+        that), so that the check costs the same on a large tile as on a small one.
         """
+        return self._informative(batch, pixel_masks(self.sample(batch), self.luminosity_threshold))
+
+    def _informative(self, batch: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
         flat = batch.flatten(2)
         colour_range = (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=1)
-        tissue = pixel_masks(subsample(batch, self.max_pixels), self.luminosity_threshold)
         return has_enough_tissue(tissue, self.min_tissue_fraction) & (colour_range > MIN_COLOUR_RANGE)
 
     # -- transforming ------------------------------------------------------------------------
 
+    def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        # As StainNormalizer.apply_batch, but the subsample and its tissue mask serve both to pick
+        # the informative images and to estimate their statistics, instead of being computed twice.
+        self._require_fitted()
+        pixels = self.sample(batch)
+        tissue = pixel_masks(pixels, self.luminosity_threshold)
+        usable = self._informative(batch, tissue)
+        if bool(usable.all()):
+            return self._normalize(batch, self._statistics(pixels, tissue))
+        out = batch.clone()
+        if bool(usable.any()):
+            out[usable] = self._normalize(batch[usable], self._statistics(pixels[usable], tissue[usable]))
+        return out
+
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        source = self.image_statistics(batch)
+        return self._normalize(batch, self.image_statistics(batch))
+
+    def _normalize(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
         return stain_transfer(
             batch,
             source["stain_matrix"],
@@ -162,7 +182,7 @@ class MacenkoNormalize(StainMatrixNormalizer):
         beta: float = 0.15,
         alpha: float = 1.0,
         solver: str = "nnls",
-        max_pixels: int = 2**16,
+        max_pixels: int = 2**14,
         luminosity_threshold: float = 0.8,
         min_tissue_fraction: float = 0.01,
     ) -> None:

@@ -24,6 +24,8 @@ BACKENDS = ("auto", "conv", "lut")
 N_COLOURS = 256**3
 # Colours per chunk when compiling the table: small enough for the activations to stay in cache.
 _CHUNK = 4096
+# Pixels per gather when applying the table.
+_GATHER_CHUNK = 1 << 18
 
 
 class StainNetNormalize(StainTransform):
@@ -208,17 +210,28 @@ class StainNetNormalize(StainTransform):
     def _apply_table(self, image: Any) -> Any:
         if isinstance(image, PIL.Image.Image):
             return PIL.Image.fromarray(self._apply_table(np.asarray(image)))
+        # On the CPU numpy does the work: single-threaded, so it does not fight DataLoader workers for
+        # cores. Chunks of _GATHER_CHUNK pixels keep the index and output in cache.
         if isinstance(image, np.ndarray):
             table = self.lookup_table("cpu").numpy()
-            return np.take(table, _interleaved_index(image), axis=0)
-        # uint8 tensor, channel-first. On the CPU numpy does the work: single-threaded, so it does not
-        # fight DataLoader workers for cores.
+            pixels = image.reshape(-1, 3)
+            out = np.empty(pixels.shape, dtype=np.uint8)
+            for start in range(0, len(pixels), _GATHER_CHUNK):
+                part = slice(start, start + _GATHER_CHUNK)
+                np.take(table, _interleaved_index(pixels[part]), axis=0, out=out[part])
+            return out.reshape(image.shape)
+        # uint8 tensor, channel-first
         height, width = image.shape[-2:]
         planes = image.detach().reshape(-1, 3, height * width)
         if image.device.type == "cpu":
             table = self.lookup_table("cpu").numpy()
-            index = _planar_index(planes.numpy())
-            out = torch.from_numpy(np.take(table, index, axis=0).transpose(0, 2, 1).copy())
+            source = planes.numpy()
+            out = torch.empty(planes.shape, dtype=torch.uint8)
+            target = out.numpy()
+            for b in range(source.shape[0]):
+                for start in range(0, height * width, _GATHER_CHUNK):
+                    part = slice(start, start + _GATHER_CHUNK)
+                    target[b, :, part] = np.take(table, _planar_index(source[b, :, part]), axis=0).T
         else:
             table = self.lookup_table(image.device)
             p = planes.to(torch.int32)
@@ -248,8 +261,10 @@ def _interleaved_index(image: np.ndarray) -> np.ndarray:
 
 
 def _planar_index(planes: np.ndarray) -> np.ndarray:
-    """Row index of every pixel of (B, 3, N) uint8 planes, shape (B, N)."""
-    index = np.left_shift(planes[:, 2], 16, dtype=np.int32)
-    index |= np.left_shift(planes[:, 1], 8, dtype=np.int32)
-    index |= planes[:, 0]
+    """Row index of every pixel of (3, N) uint8 planes, shape (N,)."""
+    index = planes[2].astype(np.int32)
+    index <<= 8
+    index |= planes[1]
+    index <<= 8
+    index |= planes[0]
     return index

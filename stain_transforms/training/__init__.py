@@ -20,7 +20,17 @@ from .distill import (
 )
 
 __all__ = [
-    "PairedImageDataset", "UnpairedImageDataset", "read_shifts", "split_names",
-    "DistillConfig", "DistillResult", "PairSet", "colour_pairs", "distill", "pairs_from_folders",
-    "pairs_from_teacher", "validation_fidelity", "validation_psnr",
+    "DistillConfig",
+    "DistillResult",
+    "PairSet",
+    "PairedImageDataset",
+    "UnpairedImageDataset",
+    "colour_pairs",
+    "distill",
+    "pairs_from_folders",
+    "pairs_from_teacher",
+    "read_shifts",
+    "split_names",
+    "validation_fidelity",
+    "validation_psnr",
 ]

@@ -19,8 +19,15 @@ from ..evaluation import read_shifts
 from ..files import list_images, read_rgb
 
 __all__ = [
-    "to_tensor", "to_uint8", "random_crop_flip", "read_shifts", "group_of", "split_names",
-    "ImageCache", "UnpairedImageDataset", "PairedImageDataset",
+    "ImageCache",
+    "PairedImageDataset",
+    "UnpairedImageDataset",
+    "group_of",
+    "random_crop_flip",
+    "read_shifts",
+    "split_names",
+    "to_tensor",
+    "to_uint8",
 ]
 
 

@@ -462,8 +462,8 @@ def distill(
 def _metrics_text(result: DistillResult) -> str:
     unit = "step" if result.recipe == "fast" else "epoch"
     lines = [
-        f"Distilled with the `{result.recipe}` recipe of `stain_transforms.training.distill` in "
-        f"{result.seconds:.0f} s; best checkpoint at {unit} {result.best_at}.",
+        (f"Distilled with the `{result.recipe}` recipe of `stain_transforms.training.distill` in "
+        f"{result.seconds:.0f} s; best checkpoint at {unit} {result.best_at}."),
         "",
     ]
     if result.val_metrics is not None:

@@ -239,8 +239,7 @@ class _Trainer:
         discriminators = list(self.disc_target.parameters()) + list(self.disc_source.parameters())
         self.opt_g = torch.optim.Adam(generators, lr=c.lr, betas=betas)
         self.opt_d = torch.optim.Adam(discriminators, lr=c.lr, betas=betas)
-        lambdas = lambda epoch: c.lr_factor(epoch)  # noqa: E731
-        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambdas) for o in (self.opt_g, self.opt_d)]
+        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, c.lr_factor) for o in (self.opt_g, self.opt_d)]
         self.pool_fake_target, self.pool_fake_source = ImagePool(c.pool_size), ImagePool(c.pool_size)
         self.amp = (device.type == "cuda") if c.amp is None else c.amp
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
@@ -480,4 +479,4 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
     result.generator.to(device), result.inverse.to(device)
 
 
-__all__ = ["StainGANConfig", "StainGANResult", "ImagePool", "train_staingan", "translate_pairs"]
+__all__ = ["ImagePool", "StainGANConfig", "StainGANResult", "train_staingan", "translate_pairs"]

@@ -1,0 +1,204 @@
+"""StainGANNormalize: tiling and blending, passthrough of blank input, and the transform contracts.
+
+The generators here are test fixtures (small seeded initialisations), not trained weights.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from stain_transforms import StainGANNormalize
+from stain_transforms.models import StainGANGenerator
+from stain_transforms.normalizers.staingan import ramp_window, tile_starts
+from stain_transforms.testing import synthetic_tissue
+
+
+def fixture_generator(seed: int = 0, ngf: int = 8, n_blocks: int = 2) -> StainGANGenerator:
+    torch.manual_seed(seed)
+    return StainGANGenerator(ngf=ngf, n_blocks=n_blocks).eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions on a shared 2-core machine: one thread is many times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def generator() -> StainGANGenerator:
+    return fixture_generator()
+
+
+def tissue_batch(size: int, seeds=(0,)) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(synthetic_tissue(size, seed=s)).permute(2, 0, 1) for s in seeds]).float() / 255
+
+
+# -- tiling ---------------------------------------------------------------------------------------
+
+
+def test_tile_geometry():
+    for length, tile, overlap in [(1000, 512, 64), (2048, 512, 64), (513, 512, 0), (300, 96, 32)]:
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] == length - tile
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # overlaps of at least `overlap`
+    ramp = ramp_window(16, 6, True, True, torch.zeros(1, dtype=torch.float64))
+    falling, rising = ramp[-6:], ramp[:6]
+    torch.testing.assert_close(falling + rising, torch.ones(6, dtype=torch.float64))  # neighbours sum to one
+    assert (ramp > 0).all() and ramp[6:10].eq(1).all()
+
+
+def test_small_image_is_one_pass(generator):
+    x = tissue_batch(96, seeds=(1, 2))
+    normalize = StainGANNormalize(generator, tile_size=128, overlap=32)
+    with torch.no_grad():
+        assert torch.equal(normalize.apply_batch(x, {}), generator.translate(x))
+
+
+def test_tile_interior_is_that_tile_translated(generator):
+    x = tissue_batch(200)
+    normalize = StainGANNormalize(generator, tile_size=96, overlap=32)
+    out = normalize.apply_batch(x, {})
+    with torch.no_grad():
+        first = generator.translate(x[..., :96, :96])
+    solo = 96 - 32  # before the second tile starts, only the first one contributes, with weight 1
+    assert torch.equal(out[..., :solo, :solo], first[..., :solo, :solo])
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def seam_ratio(out: torch.Tensor, whole: torch.Tensor, tile: int, overlap: int) -> float:
+    """Largest jump of (tiled - whole) across a tile edge, relative to the median jump anywhere."""
+    diff = out - whole
+    worst = 0.0
+    for dim in (-1, -2):
+        steps = diff.diff(dim=dim).abs().mean(dim=tuple(d for d in range(4) if d != dim % 4))
+        length = diff.shape[dim]
+        starts = tile_starts(length, tile, overlap)
+        edges = {s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < length}
+        worst = max(worst, (steps[sorted(edges)].max() / steps.median()).item())
+    return worst
+
+
+def test_blending_leaves_no_seams(generator, shared_data_or_synthetic):
+    x = shared_data_or_synthetic
+    with torch.no_grad():
+        whole = generator.translate(x)
+    blended = StainGANNormalize(generator, tile_size=96, overlap=32, min_tissue_fraction=0).apply_batch(x, {})
+    naive = StainGANNormalize(generator, tile_size=96, overlap=0, min_tissue_fraction=0).apply_batch(x, {})
+    assert seam_ratio(naive, whole, 96, 0) > 2.0  # hard tile edges show (the measure can fail)
+    assert seam_ratio(blended, whole, 96, 32) < 1.6
+    assert (blended - whole).abs().mean() < (naive - whole).abs().mean()
+
+
+@pytest.fixture
+def shared_data_or_synthetic() -> torch.Tensor:
+    """A 256x256 tile of real tissue when ../shared/data is present, synthetic tissue otherwise."""
+    from conftest import shared_data_dir
+
+    path = shared_data_dir() / "camelyon17_tiles" / "domain_1_701.png"
+    if path.is_file():
+        image = np.array(PIL.Image.open(path).convert("RGB"))[:256, :256]
+    else:
+        image = synthetic_tissue(256, seed=7)
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+def test_tiles_bound_the_generator_input():
+    generator = fixture_generator(ngf=4, n_blocks=1)
+    sizes = []
+    generator.model.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    x = tissue_batch(256).repeat(1, 1, 3, 3)
+    out = StainGANNormalize(generator, tile_size=256, overlap=32).apply_batch(x, {})
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert len(sizes) == 16 and max(max(s) for s in sizes) == 256
+
+
+def test_2048_image_in_512_tiles():
+    generator = fixture_generator(ngf=4, n_blocks=1)
+    sizes = []
+    generator.model.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    image = np.tile(synthetic_tissue(256, seed=3), (8, 8, 1))
+    out = StainGANNormalize(generator)(image)
+    assert out.shape == (2048, 2048, 3) and out.dtype == np.uint8
+    assert len(sizes) == 25 and max(max(s) for s in sizes) == 512
+
+
+# -- blank input -----------------------------------------------------------------------------------
+
+
+def test_blank_and_flat_images_pass_through(generator):
+    normalize = StainGANNormalize(generator, tile_size=64, overlap=16)
+    for value in (255, 0, 180):
+        flat = np.full((48, 48, 3), value, np.uint8)
+        assert np.array_equal(normalize(flat), flat)
+    background = np.full((48, 48, 3), 245, np.uint8)
+    background[0, 0] = (120, 60, 140)  # a speck: far below 1% tissue
+    assert np.array_equal(normalize(background), background)
+    batch = torch.stack([torch.ones(3, 64, 64), tissue_batch(64)[0]])
+    out = normalize.apply_batch(batch, {})
+    assert torch.equal(out[0], batch[0])
+    with torch.no_grad():
+        assert torch.equal(out[1], generator.translate(batch[1:])[0])
+
+
+def test_flat_tiles_inside_a_large_image_are_kept(generator):
+    image = np.full((256, 256, 3), 255, np.uint8)
+    image[:, :96] = synthetic_tissue(256, seed=4)[:, :96]
+    out = StainGANNormalize(generator, tile_size=64, overlap=16)(image)
+    assert np.array_equal(out[:, 200:], image[:, 200:])  # covered only by all-white tiles
+    assert not np.array_equal(out[:, :40], image[:, :40])
+
+
+# -- contracts -------------------------------------------------------------------------------------
+
+
+def test_same_in_same_out(generator):
+    normalize = StainGANNormalize(generator, tile_size=64, overlap=16)
+    image = synthetic_tissue(80, seed=5)
+    original = image.copy()
+    expected = normalize(image)
+    cases = {
+        "numpy float": image / 255.0,
+        "tensor CHW uint8": torch.from_numpy(image).permute(2, 0, 1),
+        "tensor BCHW float": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+        "PIL": PIL.Image.fromarray(image),
+        "tv_tensors.Image": tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+    }
+    for name, x in cases.items():
+        out = normalize(x)
+        assert type(out) is type(x), name
+        if isinstance(out, torch.Tensor):
+            assert out.shape == x.shape and out.dtype == x.dtype, name
+            out = out.reshape(3, 80, 80).permute(1, 2, 0).numpy()
+        out = np.asarray(out, dtype=np.float64)
+        out = out * 255 if out.max() <= 1.0 else out
+        assert np.abs(out - expected).max() <= 1.0, name
+    assert np.array_equal(image, original)
+    assert normalize(image.astype(np.float64) / 255).dtype == np.float64
+
+
+def test_pickling(generator):
+    normalize = StainGANNormalize(generator, tile_size=64, overlap=16)
+    clone = pickle.loads(pickle.dumps(normalize))
+    image = synthetic_tissue(96, seed=6)
+    assert np.array_equal(clone(image), normalize(image))
+    assert clone.config == normalize.config
+
+
+def test_argument_checks(generator):
+    with pytest.raises(ValueError, match="StainGANGenerator"):
+        StainGANNormalize(torch.nn.Identity())
+    with pytest.raises(ValueError, match="overlap"):
+        StainGANNormalize(generator, tile_size=64, overlap=40)
+    with pytest.raises(ValueError, match="tile_size"):
+        StainGANNormalize(generator, tile_size=8)
+    with pytest.raises(ValueError, match="grayscale"):
+        StainGANNormalize(generator)(np.zeros((32, 32), np.uint8))
