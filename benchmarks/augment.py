@@ -101,8 +101,10 @@ def main() -> None:
     # device, from a (B, 3, H, W) uint8 tensor already there (the recommended training pattern).
     batch = stack if device.type == "cpu" else torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous().to(device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"input: {source}, {SIZE}x{SIZE} uint8; batch of {BATCH}; torch threads: {torch.get_num_threads()}; "
-          f"load average: {load:.1f}; device for our batch: {device}")
+    print(
+        f"input: {source}, {SIZE}x{SIZE} uint8; batch of {BATCH}; torch threads: {torch.get_num_threads()}; "
+        f"load average: {load:.1f}; device for our batch: {device}"
+    )
 
     ours = {
         "stain_transforms HEDJitter (Ruifrok)": stain_transforms.HEDJitter.strong(),
@@ -133,9 +135,13 @@ def main() -> None:
         results[name] = (single, looped)
 
     reference = results["stain_transforms HEDJitter (Ruifrok)"]
-    print(f"\n{'augmenter':45s} {'1 image img/s':>14s} {'batch 16 img/s':>15s} {'ours/peer 1':>12s} {'ours/peer 16':>13s}")
+    print(
+        f"\n{'augmenter':45s} {'1 image img/s':>14s} {'batch 16 img/s':>15s} {'ours/peer 1':>12s} {'ours/peer 16':>13s}"
+    )
     for name, (single, batched) in results.items():
-        print(f"{name:45s} {single:14.1f} {batched:15.1f} {reference[0] / single:11.2f}x {reference[1] / batched:12.2f}x")
+        print(
+            f"{name:45s} {single:14.1f} {batched:15.1f} {reference[0] / single:11.2f}x {reference[1] / batched:12.2f}x"
+        )
     peers = {name: r for name, r in results.items() if not name.startswith("stain_transforms")}
     if peers:
         fastest_single = max(peers.items(), key=lambda item: item[1][0])

@@ -100,8 +100,13 @@ def main() -> None:
     colour = v2.Compose([normalizer, stain_transforms.HEDJitter.light(p=0.5)])
 
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2),
+        nn.Conv2d(3, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 2),
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 

@@ -73,6 +73,16 @@ def transform_to_spec(transform: StainTransform) -> dict[str, Any]:
     A model-based normalizer (one with a ``model`` made by huggingface_hub's mixin, as StainNet and
     StainGAN) is described by its own settings plus the model's class, constructor arguments and
     weights.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> spec = transform_to_spec(fitted)
+        >>> spec["class"], sorted(spec["state"])
+        ('ReinhardNormalize', ['fitted', 'target_mean', 'target_std'])
+        >>> torch.equal(transform_from_spec(spec).target_mean, fitted.target_mean)
+        True
     """
     numbers = sum(t.numel() for t in transform.state_dict().values())
     if numbers > MAX_EMBEDDED_NUMBERS:
@@ -180,31 +190,71 @@ class _ModelNormalizeWrapper(_NormalizeWrapper):
 
 
 class ReinhardNormalize(_NormalizeWrapper):
-    """:class:`stain_transforms.ReinhardNormalize` for albumentations: ``ReinhardNormalize(normalizer=fitted)``."""
+    """:class:`stain_transforms.ReinhardNormalize` for albumentations: ``ReinhardNormalize(normalizer=fitted)``.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> ReinhardNormalize(normalizer=fitted)(image=synthetic_tissue(64, seed=1))["image"].shape
+        (64, 64, 3)
+    """
 
     core = "ReinhardNormalize"
 
 
 class MacenkoNormalize(_NormalizeWrapper):
-    """:class:`stain_transforms.MacenkoNormalize` for albumentations: ``MacenkoNormalize(normalizer=fitted)``."""
+    """:class:`stain_transforms.MacenkoNormalize` for albumentations: ``MacenkoNormalize(normalizer=fitted)``.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> fitted = stain_transforms.MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> MacenkoNormalize(normalizer=fitted)(image=synthetic_tissue(64, seed=1))["image"].dtype
+        dtype('uint8')
+    """
 
     core = "MacenkoNormalize"
 
 
 class VahadaneNormalize(_NormalizeWrapper):
-    """:class:`stain_transforms.VahadaneNormalize` for albumentations: ``VahadaneNormalize(normalizer=fitted)``."""
+    """:class:`stain_transforms.VahadaneNormalize` for albumentations: ``VahadaneNormalize(normalizer=fitted)``.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> fitted = stain_transforms.VahadaneNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> VahadaneNormalize(normalizer=fitted, p=1.0).p
+        1.0
+    """
 
     core = "VahadaneNormalize"
 
 
 class StainNetNormalize(_ModelNormalizeWrapper):
-    """:class:`stain_transforms.StainNetNormalize` for albumentations: ``normalizer=`` or ``weights=``."""
+    """:class:`stain_transforms.StainNetNormalize` for albumentations: ``normalizer=`` or ``weights=``.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainNet
+        >>> wrapper = StainNetNormalize(normalizer=stain_transforms.StainNetNormalize(StainNet()))
+        >>> wrapper(image=np.full((8, 8, 3), 200, np.uint8))["image"].shape
+        (8, 8, 3)
+    """
 
     core = "StainNetNormalize"
 
 
 class StainGANNormalize(_ModelNormalizeWrapper):
-    """:class:`stain_transforms.StainGANNormalize` for albumentations: ``normalizer=`` or ``weights=``."""
+    """:class:`stain_transforms.StainGANNormalize` for albumentations: ``normalizer=`` or ``weights=``.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainGANGenerator
+        >>> core = stain_transforms.StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
+        >>> StainGANNormalize(normalizer=core).normalizer is core
+        True
+    """
 
     core = "StainGANNormalize"
 
@@ -215,6 +265,15 @@ class HEDJitter(ImageOnlyTransform):
     Args are those of the core transform (``p`` defaults to 0.5, albumentations' convention). The
     presets are the same classmethods: ``HEDJitter.light(p=0.5)``, ``.strong()``, ``.brh()``.
     Applied to a stack of images (the ``images`` target), one draw is shared by the stack.
+
+    Example:
+        >>> import albumentations as A
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> image = synthetic_tissue(64, seed=0)
+        >>> first = A.Compose([HEDJitter.strong(p=1.0)], seed=0)(image=image)["image"]
+        >>> again = A.Compose([HEDJitter.strong(p=1.0)], seed=0)(image=image)["image"]
+        >>> bool((first == again).all()), bool((first == image).all())
+        (True, False)
     """
 
     def __init__(

@@ -131,31 +131,59 @@ class HEDJitter(StainTransform):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> HEDJitter:
-        """A jitter with the ranges of preset ``name`` (see the class docstring); kwargs override."""
+        """A jitter with the ranges of preset ``name`` (see the class docstring); kwargs override.
+
+        Example:
+            >>> HEDJitter.from_preset("brh", p=0.25)
+            HEDJitter(alpha=(0.25, 0.25, 0.25), beta=(0.0, 0.0, 0.0), p=0.25, basis=ruifrok, shift_ramp=(0.05, 0.25))
+        """
         if name not in cls.PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **kwargs})
 
     @classmethod
     def light(cls, **kwargs: Any) -> HEDJitter:
-        """Tellez et al. (2019) "HED-light": alpha = beta = 0.05."""
+        """Tellez et al. (2019) "HED-light": alpha = beta = 0.05.
+
+        Example:
+            >>> HEDJitter.light().alpha
+            (0.05, 0.05, 0.05)
+        """
         return cls.from_preset("light", **kwargs)
 
     @classmethod
     def strong(cls, **kwargs: Any) -> HEDJitter:
-        """Tellez et al. (2019) "HED-strong": alpha = beta = 0.2."""
+        """Tellez et al. (2019) "HED-strong": alpha = beta = 0.2.
+
+        Example:
+            >>> HEDJitter.strong(basis="macenko").beta
+            (0.2, 0.2, 0.2)
+        """
         return cls.from_preset("strong", **kwargs)
 
     @classmethod
     def brh(cls, **kwargs: Any) -> HEDJitter:
-        """The StainNet paper's BRH HED jitter: factors in [0.75, 1.25], no shift."""
+        """The StainNet paper's BRH HED jitter: factors in [0.75, 1.25], no shift.
+
+        Example:
+            >>> HEDJitter.brh(p=0.25).p
+            0.25
+        """
         return cls.from_preset("brh", **kwargs)
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor arguments (without the generator), JSON-serialisable."""
+        """The constructor arguments (without the generator), JSON-serialisable.
+
+        Example:
+            >>> HEDJitter(**HEDJitter.light().config).beta
+            (0.05, 0.05, 0.05)
+        """
         return {
-            "alpha": list(self.alpha), "beta": list(self.beta), "p": self.p, "basis": self.basis,
+            "alpha": list(self.alpha),
+            "beta": list(self.beta),
+            "p": self.p,
+            "basis": self.basis,
             "shift_ramp": list(self.shift_ramp),
         }
 
@@ -206,7 +234,17 @@ class HEDJitter(StainTransform):
     # -- applying --------------------------------------------------------------------------------
 
     def apply_params(self, inputs: Any, params: dict[str, torch.Tensor]) -> Any:
-        """Apply given parameters (e.g. :attr:`last_params`) to ``inputs``, as a call would."""
+        """Apply given parameters (e.g. :attr:`last_params`) to ``inputs``, as a call would.
+
+        Parameters drawn for one image apply to every image of a batch.
+
+        Example:
+            >>> jitter = HEDJitter()
+            >>> identity = {"factors": torch.ones(1, 3), "shifts": torch.zeros(1, 3), "apply": torch.tensor([True])}
+            >>> image = torch.full((3, 4, 4), 120, dtype=torch.uint8)
+            >>> torch.equal(jitter.apply_params(image, identity), image)
+            True
+        """
         flat_inputs, spec = tree_flatten(inputs)
         needs = self._needs_transform_list(flat_inputs)
         outputs = [self.transform(x, params) if need else x for x, need in zip(flat_inputs, needs)]
@@ -239,4 +277,3 @@ class HEDJitter(StainTransform):
         out = batch.clone()
         out[apply] = jittered
         return out
-

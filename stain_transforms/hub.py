@@ -236,10 +236,13 @@ def resolve_pretrained(
         ConnectionError: the files must be downloaded but the Hub cannot be reached (or
             ``HF_HUB_OFFLINE`` is set) and they are not in the local cache.
     """
-    download = dict(
-        cache_dir=cache_dir, force_download=force_download, token=token, local_files_only=local_files_only,
-        endpoint=endpoint,
-    )  # fmt: skip
+    download = {
+        "cache_dir": cache_dir,
+        "force_download": force_download,
+        "token": token,
+        "local_files_only": local_files_only,
+        "endpoint": endpoint,
+    }
     text = str(name_or_path)
     registry = load_registry()
     if not isinstance(name_or_path, Path) and text in registry:
@@ -305,7 +308,7 @@ def _check_safetensors(path: Path) -> None:
         raise ValueError(f"missing {path}; a weights folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not a dict
                 handle.get_tensor(key)  # reads every tensor: a truncated file fails here
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path} is not a valid safetensors file ({error}); the download may be corrupt") from error
@@ -325,10 +328,15 @@ def _download(
     local_files_only: bool,
     endpoint: str | None,
 ) -> Path:
-    options = dict(
-        repo_id=repo_id, revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
-        local_files_only=local_files_only, endpoint=endpoint,
-    )  # fmt: skip
+    options = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "force_download": force_download,
+        "token": token,
+        "local_files_only": local_files_only,
+        "endpoint": endpoint,
+    }
     where = endpoint or constants.ENDPOINT
     try:
         config = hf_hub_download(filename=CONFIG_FILE, **options)
@@ -469,13 +477,13 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> Any:
 
 
 __all__ = [
-    "WeightsEntry",
     "HubModelMixin",
-    "weights_dir",
-    "load_registry",
-    "list_weights",
-    "resolve_pretrained",
-    "load_model",
+    "WeightsEntry",
     "bundle_weights",
     "file_sha256",
+    "list_weights",
+    "load_model",
+    "load_registry",
+    "resolve_pretrained",
+    "weights_dir",
 ]

@@ -77,7 +77,9 @@ class _Normalize(Transform):
     def __init__(self, normalizer: StainTransform | None = None) -> None:
         klass = _core_class(self.core)
         if not isinstance(normalizer, klass):
-            raise ValueError(f"{type(self).__name__} needs normalizer=, a {klass.__name__}, got {type(normalizer).__name__}")
+            raise ValueError(
+                f"{type(self).__name__} needs normalizer=, a {klass.__name__}, got {type(normalizer).__name__}"
+            )
         if not bool(getattr(normalizer, "fitted", True)):
             raise ValueError(f"the {klass.__name__} is not fitted: call .fit(reference_images) first")
         self.normalizer = normalizer
@@ -96,31 +98,74 @@ class _ModelNormalize(_Normalize):
 
 
 class ReinhardNormalize(_Normalize):
-    """:class:`stain_transforms.ReinhardNormalize` as a MONAI array transform."""
+    """:class:`stain_transforms.ReinhardNormalize` as a MONAI array transform.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> ReinhardNormalize(normalizer=fitted)(tile).shape
+        torch.Size([3, 64, 64])
+    """
 
     core = "ReinhardNormalize"
 
 
 class MacenkoNormalize(_Normalize):
-    """:class:`stain_transforms.MacenkoNormalize` as a MONAI array transform."""
+    """:class:`stain_transforms.MacenkoNormalize` as a MONAI array transform.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> MacenkoNormalize(normalizer=fitted)(tile).shape
+        torch.Size([3, 64, 64])
+    """
 
     core = "MacenkoNormalize"
 
 
 class VahadaneNormalize(_Normalize):
-    """:class:`stain_transforms.VahadaneNormalize` as a MONAI array transform."""
+    """:class:`stain_transforms.VahadaneNormalize` as a MONAI array transform.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.VahadaneNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> VahadaneNormalize(normalizer=fitted)(tile).shape
+        torch.Size([3, 64, 64])
+    """
 
     core = "VahadaneNormalize"
 
 
 class StainNetNormalize(_ModelNormalize):
-    """:class:`stain_transforms.StainNetNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``)."""
+    """:class:`stain_transforms.StainNetNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``).
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainNet
+        >>> transform = StainNetNormalize(normalizer=stain_transforms.StainNetNormalize(StainNet()))
+        >>> transform(torch.full((3, 8, 8), 0.5)).shape
+        torch.Size([3, 8, 8])
+    """
 
     core = "StainNetNormalize"
 
 
 class StainGANNormalize(_ModelNormalize):
-    """:class:`stain_transforms.StainGANNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``)."""
+    """:class:`stain_transforms.StainGANNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``).
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainGANGenerator
+        >>> core = stain_transforms.StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
+        >>> StainGANNormalize(normalizer=core).normalizer is core
+        True
+    """
 
     core = "StainGANNormalize"
 
@@ -143,34 +188,78 @@ class _Normalized(MapTransform):
 
 
 class ReinhardNormalized(_Normalized):
-    """:class:`ReinhardNormalize` on the entries ``keys`` of a dictionary."""
+    """:class:`ReinhardNormalize` on the entries ``keys`` of a dictionary.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> out = ReinhardNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
+        >>> out["image"].shape, out["label"]
+        (torch.Size([3, 64, 64]), 0)
+    """
 
     array_transform = ReinhardNormalize
 
-    def __init__(self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys, normalizer=normalizer)
 
 
 class MacenkoNormalized(_Normalized):
-    """:class:`MacenkoNormalize` on the entries ``keys`` of a dictionary."""
+    """:class:`MacenkoNormalize` on the entries ``keys`` of a dictionary.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> out = MacenkoNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
+        >>> out["image"].shape, out["label"]
+        (torch.Size([3, 64, 64]), 0)
+    """
 
     array_transform = MacenkoNormalize
 
-    def __init__(self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys, normalizer=normalizer)
 
 
 class VahadaneNormalized(_Normalized):
-    """:class:`VahadaneNormalize` on the entries ``keys`` of a dictionary."""
+    """:class:`VahadaneNormalize` on the entries ``keys`` of a dictionary.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> fitted = stain_transforms.VahadaneNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> out = VahadaneNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
+        >>> out["image"].shape, out["label"]
+        (torch.Size([3, 64, 64]), 0)
+    """
 
     array_transform = VahadaneNormalize
 
-    def __init__(self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys, normalizer=normalizer)
 
 
 class StainNetNormalized(_Normalized):
-    """:class:`StainNetNormalize` on the entries ``keys`` of a dictionary."""
+    """:class:`StainNetNormalize` on the entries ``keys`` of a dictionary.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainNet
+        >>> transform = StainNetNormalized(keys="image", normalizer=stain_transforms.StainNetNormalize(StainNet()))
+        >>> transform({"image": torch.full((3, 8, 8), 0.5)})["image"].shape
+        torch.Size([3, 8, 8])
+    """
 
     array_transform = StainNetNormalize
 
@@ -185,7 +274,15 @@ class StainNetNormalized(_Normalized):
 
 
 class StainGANNormalized(_Normalized):
-    """:class:`StainGANNormalize` on the entries ``keys`` of a dictionary."""
+    """:class:`StainGANNormalize` on the entries ``keys`` of a dictionary.
+
+    Example:
+        >>> import stain_transforms
+        >>> from stain_transforms.models import StainGANGenerator
+        >>> core = stain_transforms.StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
+        >>> StainGANNormalized(keys=["image"], normalizer=core).keys
+        ('image',)
+    """
 
     array_transform = StainGANNormalize
 
@@ -205,6 +302,14 @@ class RandHEDJitter(RandomizableTransform):
     With probability ``prob`` a call draws factors and shifts from ``self.R`` (MONAI's seeded
     ``RandomState``) and applies them; a batched (B, 3, H, W) input shares the call's one draw (use
     the core transform for per-image draws on a batch). Other arguments are the core transform's.
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> jitter = RandHEDJitter(alpha=0.2, beta=0.1, prob=1.0)
+        >>> first = jitter.set_random_state(0)(tile)
+        >>> torch.equal(jitter.set_random_state(0)(tile), first), torch.equal(first, tile)
+        (True, False)
     """
 
     backend = _BACKEND
@@ -242,7 +347,15 @@ class RandHEDJitter(RandomizableTransform):
 
 
 class RandHEDJitterd(RandomizableTransform, MapTransform):
-    """:class:`RandHEDJitter` on the entries ``keys`` of a dictionary, with one draw shared by the keys."""
+    """:class:`RandHEDJitter` on the entries ``keys`` of a dictionary, with one draw shared by the keys.
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+        >>> out = RandHEDJitterd(keys=["a", "b"], prob=1.0).set_random_state(0)({"a": tile, "b": tile.clone()})
+        >>> torch.equal(out["a"], out["b"])
+        True
+    """
 
     backend = _BACKEND
 

@@ -33,11 +33,15 @@ def test_matches_skimage_rederivation(seed):
     rng = np.random.default_rng(seed)
     factors = rng.uniform(0.7, 1.3, 3)
     shifts = rng.uniform(-0.05, 0.05, 3)
-    out = hed_jitter(
-        _to_tensor(image)[None].double() / 255,
-        torch.from_numpy(factors)[None],
-        torch.from_numpy(shifts)[None],
-    )[0].permute(1, 2, 0).numpy()
+    out = (
+        hed_jitter(
+            _to_tensor(image)[None].double() / 255,
+            torch.from_numpy(factors)[None],
+            torch.from_numpy(shifts)[None],
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     expected = _reference(image, factors, shifts)
     # Compare where scikit-image's conversion is lossless: it clips negative stain amounts to 0 (we
     # keep them so that the round trip is exact), and clamps intensities at 1e-6 where we use 1/255.

@@ -160,12 +160,13 @@ def test_stain_transfer_nnls_with_unusual_matrices(source, target):
 @pytest.mark.parametrize("solver", ["lstsq", "nnls"])
 def test_stain_transfer_in_chunks_equals_in_one_go(solver, monkeypatch):
     rng = np.random.default_rng(7)
-    rgb = torch.from_numpy(rng.uniform(0.1, 1.0, (2, 3, 20, 30)))
+    rgb = torch.from_numpy(rng.uniform(0.1, 1.0, (2, 3, 40, 60)))
     source = torch.from_numpy(np.stack([H_AND_E, H_AND_E[:, ::-1].copy()]))
     args = (source, torch.tensor([[1.0, 0.7], [0.4, 1.1]], dtype=torch.float64), torch.from_numpy(H_AND_E),
             torch.tensor([1.5, 0.9], dtype=torch.float64))
     whole = stain_transfer(rgb, *args, solver=solver)
-    monkeypatch.setattr(concentrations, "TRANSFER_CHUNK", 77)  # 600 pixels: 8 chunks, the last one short
+    # 2 images of 2400 pixels, 1024 pixels per chunk: 3 chunks, the last one short.
+    monkeypatch.setattr(concentrations, "TRANSFER_CHUNK", 2048)
     torch.testing.assert_close(stain_transfer(rgb, *args, solver=solver), whole, atol=1e-12, rtol=0)
 
 

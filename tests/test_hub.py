@@ -31,7 +31,11 @@ from stain_transforms.hub import WEIGHTS_ENV, bundle_weights, file_sha256, load_
 from stain_transforms.models import StainGANGenerator, StainNet
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE_CARD = {"source_domain": "fixture A", "target_domain": "fixture B", "training_data": "test fixture (seeded init)"}
+FIXTURE_CARD = {
+    "source_domain": "fixture A",
+    "target_domain": "fixture B",
+    "training_data": "test fixture (seeded init)",
+}
 
 
 class HubStandIn:
@@ -43,11 +47,11 @@ class HubStandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self):  # noqa: N802 - http.server naming
+            def do_HEAD(self):
                 stand_in.requests.append(("HEAD", self.path))
                 self._respond(body=False)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 stand_in.requests.append(("GET", self.path))
                 self._respond(body=True)
 
@@ -194,7 +198,8 @@ def test_mismatched_config_is_an_error_not_random_weights(stainnet_folder):
 # -- the registry --------------------------------------------------------------------------------
 
 
-def test_shipped_registry_is_valid_and_in_the_package():
+def test_shipped_registry_is_valid_and_in_the_package(monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     assert (weights_dir() / "registry.json").is_file()
     assert weights_dir().resolve() == (REPO / "weights").resolve()
     for entry in load_registry().values():  # whatever ships must be complete and verifiable
@@ -305,7 +310,12 @@ def run_loader(env: dict[str, str], *names: str) -> str:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     full_env.update(HF_HUB_DISABLE_TELEMETRY="1", **env)
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, *names], env=full_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", LOAD_SCRIPT, *names],
+        check=False,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -338,13 +348,19 @@ def test_wheel_ships_the_weights_folder(tmp_path):
     source = tmp_path / "src"
     skip = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
     shutil.copytree(REPO, source, symlinks=True, ignore=skip)
-    bundled = source / "weights" / "fixture-stainnet"
+    bundled = tmp_path / "trained"
     fixture_stainnet().save_pretrained(bundled)
+    bundle_weights(
+        bundled, "fixture-stainnet", repo_id="fixture/stainnet", destination=source / "weights", **FIXTURE_CARD
+    )
     out = tmp_path / "dist"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     import zipfile
 
@@ -354,3 +370,34 @@ def test_wheel_ships_the_weights_folder(tmp_path):
     assert "stain_transforms/_weights/fixture-stainnet/model.safetensors" in names
     assert "stain_transforms/_weights/fixture-stainnet/config.json" in names
     assert "stain_transforms/hub.py" in names and "stain_transforms/models/stainnet.py" in names
+    # Installed (not editable), offline, without a source tree: the bundled weights load by name.
+    site = tmp_path / "site"
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+        "--target",
+        str(site),
+        str(wheel),
+    ]
+    result = subprocess.run(install, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (source / "weights" / "registry.json").unlink()  # the copy in the wheel is the one that must be found
+    script = (
+        "import stain_transforms, stain_transforms.hub as hub;"
+        "print(stain_transforms.__file__);"
+        "print(hub.list_weights()[0]['name']);"
+        "print(stain_transforms.StainNetNormalize.from_pretrained('fixture-stainnet').model.n_channel)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "STAIN_TRANSFORMS"))}
+    env.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    location, name, width = result.stdout.split()
+    assert location.startswith(str(site)) and name == "fixture-stainnet" and width == "8"

@@ -69,7 +69,11 @@ def test_official_cytology_checkpoint_moves_source_towards_target(shared_data):
 def test_stainnet_architecture():
     model = StainNet()
     convs = [m for m in model.net if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(3, 32, (1, 1)), (32, 32, (1, 1)), (32, 3, (1, 1))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 32, (1, 1)),
+        (32, 32, (1, 1)),
+        (32, 3, (1, 1)),
+    ]
     assert [type(m).__name__ for m in model.net] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d"]
     assert sorted(model.state_dict()) == sorted(f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias"))
     assert len([m for m in StainNet(n_layer=5, n_channel=8).net if isinstance(m, nn.Conv2d)]) == 5
@@ -179,7 +183,11 @@ def reference_cyclegan_resnet(ngf: int, n_blocks: int, dropout: bool = False) ->
     layers += [nn.Conv2d(ngf, ngf * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * 2), nn.ReLU(True)]
     layers += [nn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1), nn.InstanceNorm2d(ngf * 4), nn.ReLU(True)]
     layers += [Block(ngf * 4) for _ in range(n_blocks)]
-    layers += [nn.ConvTranspose2d(ngf * 4, ngf * 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf * 2), nn.ReLU(True)]
+    layers += [
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 3, 2, 1, output_padding=1),
+        nn.InstanceNorm2d(ngf * 2),
+        nn.ReLU(True),
+    ]
     layers += [nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
     layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
     holder = nn.Module()

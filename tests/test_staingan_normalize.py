@@ -5,6 +5,7 @@ The generators here are test fixtures (small seeded initialisations), not traine
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_tile_geometry():
     for length, tile, overlap in [(1000, 512, 64), (2048, 512, 64), (513, 512, 0), (300, 96, 32)]:
         starts = tile_starts(length, tile, overlap)
         assert starts[0] == 0 and starts[-1] == length - tile
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # overlaps of at least `overlap`
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))  # overlaps of at least `overlap`
     ramp = ramp_window(16, 6, True, True, torch.zeros(1, dtype=torch.float64))
     falling, rising = ramp[-6:], ramp[:6]
     torch.testing.assert_close(falling + rising, torch.ones(6, dtype=torch.float64))  # neighbours sum to one

@@ -76,7 +76,9 @@ def test_inputs_keep_their_type_in_compose(name, hwc):
     assert torch.equal(out.as_subclass(torch.Tensor), _replay(transform, chw, params))
 
     plain = pipeline(chw)
-    assert type(plain) is torch.Tensor and torch.equal(plain, _replay(transform, chw, getattr(transform, "last_params", None)))
+    assert type(plain) is torch.Tensor and torch.equal(
+        plain, _replay(transform, chw, getattr(transform, "last_params", None))
+    )
 
     pil = pipeline(PIL.Image.fromarray(hwc))
     assert isinstance(pil, PIL.Image.Image) and pil.mode == "RGB"
@@ -103,7 +105,9 @@ def test_tuple_samples(name, hwc):
     image, label = PIL.Image.fromarray(hwc), torch.tensor(1)
     out_image, out_label = transform((image, label))
     assert out_label is label
-    np.testing.assert_array_equal(np.asarray(out_image), _replay(transform, hwc, getattr(transform, "last_params", None)))
+    np.testing.assert_array_equal(
+        np.asarray(out_image), _replay(transform, hwc, getattr(transform, "last_params", None))
+    )
     # Without an explicit image, the first plain tensor is the image; a later plain tensor is left alone.
     chw = torch.from_numpy(hwc).permute(2, 0, 1).contiguous()
     target = torch.zeros(64, 64, dtype=torch.long)

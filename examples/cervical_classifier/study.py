@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from stain_transforms.files import write_image_atomic
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling modules, also when imported from elsewhere
 
-from classifier import (  # noqa: E402
+from classifier import (
     ARCHITECTURES,
     EXPERIMENTS,
     PretrainedWeightsError,
@@ -36,10 +35,10 @@ from classifier import (  # noqa: E402
     predict,
     train_classifier,
 )
-from data import load_images, make_splits, read_records, to_tensor_stack  # noqa: E402
-from normalizers import NORMALIZERS, NormalizerSettings, apply_normalizer, load_or_train, write_folder  # noqa: E402
-from report import bar_chart, markdown_table, write_csv  # noqa: E402
-from site_shift import SiteShift  # noqa: E402
+from data import load_images, make_splits, read_records, to_tensor_stack
+from normalizers import NORMALIZERS, NormalizerSettings, apply_normalizer, load_or_train, write_folder
+from report import bar_chart, markdown_table, write_csv
+from site_shift import SiteShift
 
 TEST_SET_NAMES = {"macenko": "site B + Macenko", "staingan": "site B + StainGAN", "stainnet": "site B + StainNet"}
 
@@ -178,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     def names(recs: list) -> list[str]:
         return [f"{i:05d}_{r.path.stem}" for i, r in enumerate(recs)]
 
-    to_hwc = lambda stack: [x.permute(1, 2, 0).numpy() for x in stack]  # noqa: E731
+    def to_hwc(stack: torch.Tensor) -> list[np.ndarray]:
+        return [x.permute(1, 2, 0).numpy() for x in stack]
+
     site_a_dir = write_folder(to_hwc(train_a), names(splits.train), out / "images" / "site_a_train")
     site_b_dir = write_folder(to_hwc(pool_b), names(splits.validation), out / "images" / "site_b_pool")
     norm_settings = NormalizerSettings(
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = train_classifier(
                 experiment, train_a, labels(splits.train), val_a, labels(splits.validation), len(classes),
-                TrainSettings(**{**asdict(settings)}), exp_dir,
+                settings, exp_dir,
             )
         for test_set, images in test_sets.items():
             metrics = classification_metrics(test_labels, predict(model, images), len(classes))

@@ -22,7 +22,7 @@ from .color import MIN_INTENSITY
 
 # A source stain's 99th-percentile concentration is at least this, so the rescaling stays finite.
 MIN_MAX_CONCENTRATION = 1e-4
-# stain_transfer works through images larger than this many pixels in chunks, to bound its memory.
+# stain_transfer works through batches of more than this many pixels in chunks, to bound its memory.
 TRANSFER_CHUNK = 2**18
 
 
@@ -41,25 +41,6 @@ def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _check_od(od: torch.Tensor) -> None:
     if od.ndim < 3 or od.shape[1] != 3:
         raise ValueError(f"od must have shape (B, 3, ...), got {tuple(od.shape)}")
-
-
-def least_squares_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor) -> torch.Tensor:
-    """Least-squares stain concentrations ``pinv(S) @ od``: (B, 3, ...) OD to (B, 2, ...).
-
-    Args:
-        od: optical density, (B, 3, ...) (e.g. (B, 3, H, W) or (B, 3, N) pixels).
-        stain_matrix: (3, 2) or (B, 3, 2) stain OD vectors as columns.
-
-    Example:
-        >>> stains = torch.tensor([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
-        >>> od = stains @ torch.tensor([[0.5], [-0.2]])
-        >>> [round(c, 4) for c in least_squares_concentrations(od[None], stains).flatten().tolist()]
-        [0.5, -0.2]
-    """
-    _check_od(od)
-    stains = _batched(stain_matrix, od.shape[0]).to(od)
-    _, inverse = _normal_equations(stains)
-    return _apply(inverse @ stains.mT, od)
 
 
 def _normal_equations(stains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +66,25 @@ def _axis_map(gram: torch.Tensor) -> torch.Tensor:
     ratios = gram[:, 0, 1, None] / diagonal  # (G01 / G00, G01 / G11)
     zeros = torch.zeros_like(ratios[:, 0])
     return torch.stack([zeros, ratios[:, 0], ratios[:, 1], zeros], dim=1).reshape(-1, 2, 2)
+
+
+def least_squares_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor) -> torch.Tensor:
+    """Least-squares stain concentrations ``pinv(S) @ od``: (B, 3, ...) OD to (B, 2, ...).
+
+    Args:
+        od: optical density, (B, 3, ...) (e.g. (B, 3, H, W) or (B, 3, N) pixels).
+        stain_matrix: (3, 2) or (B, 3, 2) stain OD vectors as columns.
+
+    Example:
+        >>> stains = torch.tensor([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
+        >>> od = stains @ torch.tensor([[0.5], [-0.2]])
+        >>> [round(c, 4) for c in least_squares_concentrations(od[None], stains).flatten().tolist()]
+        [0.5, -0.2]
+    """
+    _check_od(od)
+    stains = _batched(stain_matrix, od.shape[0]).to(od)
+    _, inverse = _normal_equations(stains)
+    return _apply(inverse @ stains.mT, od)
 
 
 def nnls_concentrations(od: torch.Tensor, stain_matrix: torch.Tensor, l1: float = 0.0) -> torch.Tensor:
@@ -183,6 +183,11 @@ def max_concentrations(concentrations: torch.Tensor, mask: torch.Tensor, percent
         concentrations: (B, 2, N) concentrations of N pixels.
         mask: (B, N) boolean, the pixels to use (tissue); all pixels where a row selects none.
         percentile: the percentile, 99 as in Macenko et al. (2009).
+
+    Example:
+        >>> concentrations = torch.linspace(0, 1, 101).expand(1, 2, 101)
+        >>> max_concentrations(concentrations, torch.ones(1, 101, dtype=torch.bool)).tolist()
+        [[0.9900000095367432, 0.9900000095367432]]
     """
     mask = mask | ~mask.any(dim=1, keepdim=True)
     return masked_quantile(concentrations, mask, percentile / 100.0).clamp(min=MIN_MAX_CONCENTRATION)
@@ -245,12 +250,13 @@ def stain_transfer(
     else:
         path, matrices = "nnls_general", (source, remix)
     flat = rgb.flatten(2)
-    if flat.shape[2] <= TRANSFER_CHUNK:
+    # Large images and batches go through in chunks of pixels, so that the temporaries stay small.
+    chunk_size = max(TRANSFER_CHUNK // batch_size, 1024)
+    if flat.shape[2] <= chunk_size:
         return _transfer_pixels(flat, path, matrices).reshape(rgb.shape)
-    # Large images go through in chunks of pixels: the temporaries stay small (and in cache).
     out = torch.empty_like(flat)
-    for start in range(0, flat.shape[2], TRANSFER_CHUNK):
-        chunk = slice(start, start + TRANSFER_CHUNK)
+    for start in range(0, flat.shape[2], chunk_size):
+        chunk = slice(start, start + chunk_size)
         out[:, :, chunk] = _transfer_pixels(flat[:, :, chunk], path, matrices)
     return out.reshape(rgb.shape)
 

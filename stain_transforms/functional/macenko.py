@@ -42,7 +42,13 @@ def subsample(rgb: torch.Tensor, max_pixels: int | None = 2**16) -> torch.Tensor
 
 
 def pixel_masks(rgb_pixels: torch.Tensor, luminosity_threshold: float | None) -> torch.Tensor:
-    """Tissue mask (B, N) of (B, 3, N) pixels; all True when ``luminosity_threshold`` is None."""
+    """Tissue mask (B, N) of (B, 3, N) pixels; all True when ``luminosity_threshold`` is None.
+
+    Example:
+        >>> pixels = torch.tensor([[[1.0, 0.5], [1.0, 0.2], [1.0, 0.6]]])  # white, purple
+        >>> pixel_masks(pixels, 0.8).tolist()
+        [[False, True]]
+    """
     if luminosity_threshold is None:
         return torch.ones(rgb_pixels.shape[0], rgb_pixels.shape[2], dtype=torch.bool, device=rgb_pixels.device)
     return tissue_mask(rgb_pixels.unsqueeze(-1), luminosity_threshold).squeeze(-1)
@@ -54,6 +60,11 @@ def order_stains(vectors: torch.Tensor) -> torch.Tensor:
     Each vector's sign is chosen to make it mostly positive, tiny negative components are clipped,
     and the columns are swapped where needed so that haematoxylin, the stain with the larger red
     OD, comes first.
+
+    Example:
+        >>> eosin_first = torch.tensor([[[-0.1, -0.65], [-0.99, -0.70], [-0.11, -0.29]]])
+        >>> [round(v, 2) for v in order_stains(eosin_first)[0, 0].tolist()]  # red OD of (H, E)
+        [0.65, 0.1]
     """
     vectors = vectors * torch.where(vectors.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
     vectors = vectors.clamp(min=0.0)
@@ -67,6 +78,13 @@ def macenko_from_od(od: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0) ->
 
     Images with fewer than 16 selected pixels, or whose selected pixels are all the same colour,
     get :data:`REFERENCE_STAIN_MATRIX` (Ruifrok's H&E) instead of a meaningless estimate.
+
+    Example:
+        >>> stains = torch.tensor([[0.56, 0.22], [0.72, 0.80], [0.41, 0.56]])
+        >>> od = stains @ torch.rand(1, 2, 1000)  # mixtures of the two stains
+        >>> estimate = macenko_from_od(od, torch.ones(1, 1000, dtype=torch.bool), alpha=0.0)
+        >>> bool(((estimate[0] * stains / stains.norm(dim=0)).sum(0) > 0.999).all())
+        True
     """
     weights = mask.to(od.dtype)
     count = weights.sum(dim=1)

@@ -72,6 +72,14 @@ def dictionary_learning(
 
     Returns:
         (B, 3, 2) non-negative dictionary with columns of norm at most 1 (not yet ordered).
+
+    Example:
+        >>> stains = torch.tensor([[0.56, 0.22], [0.72, 0.80], [0.41, 0.56]])
+        >>> od = stains @ torch.rand(1, 2, 1000)
+        >>> start = torch.tensor([[[0.6, 0.3], [0.6, 0.8], [0.5, 0.5]]])
+        >>> learnt = dictionary_learning(od, torch.ones(1, 1000, dtype=torch.bool), start)
+        >>> bool((learnt >= 0).all()), bool((learnt.norm(dim=1) <= 1 + 1e-6).all())
+        (True, True)
     """
     weights = mask.to(od.dtype)[:, None, :]
     dictionary = init.clone()
@@ -102,6 +110,12 @@ def vahadane_from_od(
     Starts from the Macenko estimate of the same pixels, runs :func:`dictionary_learning` and
     orders the atoms (haematoxylin, eosin) with unit norm. Images with fewer than 16 usable pixels
     get Ruifrok's H&E matrix; an image whose learning collapses an atom keeps the Macenko start.
+
+    Example:
+        >>> stains = torch.tensor([[0.56, 0.22], [0.72, 0.80], [0.41, 0.56]])
+        >>> od = stains @ torch.rand(1, 2, 1000)
+        >>> vahadane_from_od(od, torch.ones(1, 1000, dtype=torch.bool)).shape
+        torch.Size([1, 3, 2])
     """
     mask = mask & (od > 0).any(dim=1)
     init = macenko_from_od(od, mask)

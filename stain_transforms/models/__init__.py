@@ -4,4 +4,4 @@ from .discriminator import PatchGANDiscriminator
 from .staingan import ResnetBlock, StainGANGenerator, init_cyclegan_weights
 from .stainnet import StainNet
 
-__all__ = ["StainNet", "StainGANGenerator", "ResnetBlock", "PatchGANDiscriminator", "init_cyclegan_weights"]
+__all__ = ["PatchGANDiscriminator", "ResnetBlock", "StainGANGenerator", "StainNet", "init_cyclegan_weights"]

@@ -33,8 +33,7 @@ out = normalize(image)  # numpy HWC, CHW/BCHW tensor or PIL in, the same type ou
 - Paper: {{ paper_url | default("not stated", true) }}
 """
 
-STAINNET_CARD = (
-    """---
+STAINNET_CARD = """---
 {{ card_data }}
 ---
 
@@ -42,12 +41,9 @@ STAINNET_CARD = (
 
 A StainNet colour-normalisation network (Kang et al., 2021): 1x1 convolutions that map each RGB
 value of the source domain to the target domain. For uint8 images it is an exact 256^3 lookup table.
-"""
-    + _COMMON.replace("{{ transform_name }}", "StainNetNormalize")
-)
+""" + _COMMON.replace("{{ transform_name }}", "StainNetNormalize")
 
-STAINGAN_CARD = (
-    """---
+STAINGAN_CARD = """---
 {{ card_data }}
 ---
 
@@ -56,6 +52,4 @@ STAINGAN_CARD = (
 A StainGAN generator (Shaban et al., 2019): the CycleGAN ResNet generator that translates
 images of the source stain domain into the target domain. Large images are processed in
 overlapping, blended tiles.
-"""
-    + _COMMON.replace("{{ transform_name }}", "StainGANNormalize")
-)
+""" + _COMMON.replace("{{ transform_name }}", "StainGANNormalize")

@@ -136,8 +136,7 @@ class StainGANGenerator(
             cleaned[key] = value
         if "model.1.weight" not in cleaned:
             raise ValueError(
-                "not a CycleGAN ResnetGenerator state dict: no 'model.1.weight' "
-                f"(first keys: {sorted(cleaned)[:4]})"
+                f"not a CycleGAN ResnetGenerator state dict: no 'model.1.weight' (first keys: {sorted(cleaned)[:4]})"
             )
         first = cleaned["model.1.weight"]
         blocks = sorted({int(m.group(1)) for k in cleaned if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
@@ -166,7 +165,7 @@ class StainGANGenerator(
         path = Path(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
+        except Exception as error:
             raise ValueError(f"cannot read {path} as a PyTorch checkpoint ({error})") from error
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} does not hold a state dict")

@@ -7,6 +7,7 @@ tools (:meth:`StainNet.export_cube`).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ class StainNet(
         self.n_channel = n_channel
         widths = [3] + [n_channel] * (n_layer - 1) + [3]
         layers: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
             if i > 0:
                 layers.append(nn.ReLU())
             layers.append(nn.Conv2d(c_in, c_out, kernel_size=1, bias=True))
@@ -118,7 +119,7 @@ class StainNet(
         path = Path(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
+        except Exception as error:
             raise ValueError(f"cannot read {path} as a PyTorch checkpoint ({error})") from error
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]

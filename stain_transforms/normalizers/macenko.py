@@ -33,6 +33,17 @@ class StainMatrixNormalizer(StainNormalizer):
     columns are then re-normalised to unit length, and the median of their maximum concentrations.
 
     Subclasses implement :meth:`sample` (which pixels to estimate from) and :meth:`estimate`.
+
+    Args:
+        solver: ``"nnls"`` (non-negative least squares) or ``"lstsq"`` (least squares) concentrations.
+        max_pixels: statistics are estimated on at most this many pixels per image.
+        luminosity_threshold: tissue is darker than this lightness (L*/100).
+        min_tissue_fraction: the minimum tissue fraction for an image to be normalized.
+
+    Example:
+        >>> from stain_transforms import MacenkoNormalize, VahadaneNormalize
+        >>> issubclass(MacenkoNormalize, StainMatrixNormalizer), issubclass(VahadaneNormalize, StainMatrixNormalizer)
+        (True, True)
     """
 
     statistics = ("stain_matrix", "max_concentrations")

@@ -97,7 +97,11 @@ class StainGANNormalize(StainTransform):
         """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`)."""
         model = StainGANGenerator.from_pretrained(name_or_path, **hub_kwargs)
         return cls(
-            model, tile_size, overlap, luminosity_threshold=luminosity_threshold, min_tissue_fraction=min_tissue_fraction
+            model,
+            tile_size,
+            overlap,
+            luminosity_threshold=luminosity_threshold,
+            min_tissue_fraction=min_tissue_fraction,
         )
 
     @classmethod

@@ -77,7 +77,9 @@ class StainNetNormalize(StainTransform):
     # -- loading and saving ------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, backend: str = "auto", **hub_kwargs: Any) -> StainNetNormalize:
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, backend: str = "auto", **hub_kwargs: Any
+    ) -> StainNetNormalize:
         """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`).
 
         ``hub_kwargs`` (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, ...)
@@ -184,9 +186,13 @@ class StainNetNormalize(StainTransform):
         if isinstance(inpt, PIL.Image.Image):
             return inpt.mode == "RGB" and min(inpt.size) >= 2
         if isinstance(inpt, np.ndarray):
-            return inpt.dtype == np.uint8 and inpt.ndim in (3, 4) and inpt.shape[-1] == 3 and min(inpt.shape[-3:-1]) >= 2
+            return (
+                inpt.dtype == np.uint8 and inpt.ndim in (3, 4) and inpt.shape[-1] == 3 and min(inpt.shape[-3:-1]) >= 2
+            )
         if isinstance(inpt, torch.Tensor):
-            return inpt.dtype == torch.uint8 and inpt.ndim in (3, 4) and inpt.shape[-3] == 3 and min(inpt.shape[-2:]) >= 2
+            return (
+                inpt.dtype == torch.uint8 and inpt.ndim in (3, 4) and inpt.shape[-3] == 3 and min(inpt.shape[-2:]) >= 2
+            )
         return False
 
     def _wants_lut(self, inpt: Any) -> bool:

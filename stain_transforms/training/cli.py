@@ -140,12 +140,19 @@ def load_teacher(spec: str, references: list[str] | None = None, device: str | t
         return StainNormalizer.load(path).to(device)
     if path.is_file() and path.suffix in (".pth", ".pt"):
         try:
-            return StainGANGenerator.from_cyclegan_checkpoint(path).to(device)
+            model = StainGANGenerator.from_cyclegan_checkpoint(path)
         except ValueError:
-            return StainNet.from_official_checkpoint(path).to(device)
-    from ..hub import load_model
+            model = StainNet.from_official_checkpoint(path)
+    else:
+        from ..hub import load_model
 
-    return load_model(spec).to(device)
+        model = load_model(spec)
+    if isinstance(model, StainGANGenerator):
+        from ..normalizers import StainGANNormalize
+
+        # As users apply it: large images in blended tiles, blank images passed through.
+        return StainGANNormalize(model).to(device)
+    return model.to(device)
 
 
 def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
