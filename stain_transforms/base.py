@@ -29,6 +29,19 @@ class StainTransform(v2.Transform):
     In a dict or tuple sample, ``tv_tensors.Image`` and PIL images are transformed; plain tensors and
     numpy arrays are treated as images only when the sample has no explicit image, and then only the
     first one, as torchvision does. Masks, boxes, labels and other entries pass through untouched.
+
+    Example:
+        A transform that inverts colours: only :meth:`apply_batch` is written, the rest is inherited.
+
+        >>> class Invert(StainTransform):
+        ...     def apply_batch(self, batch, params):
+        ...         return 1.0 - batch
+        >>> Invert()(np.zeros((2, 2, 3), np.uint8))[0, 0]
+        array([255, 255, 255], dtype=uint8)
+        >>> sample = {"image": tv_tensors.Image(torch.zeros(3, 2, 2)), "mask": torch.zeros(2, 2), "label": 3}
+        >>> out = Invert()(sample)
+        >>> out["image"].max().item(), out["mask"].max().item(), out["label"]
+        (1.0, 0.0, 3)
     """
 
     _transformed_types = (tv_tensors.Image, PIL.Image.Image, _is_plain_array)
@@ -52,5 +65,9 @@ class StainTransform(v2.Transform):
         return restore(self.apply_batch(batch, params))
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        """Transform a validated (B, 3, H, W) float batch in [0, 1]; must not modify ``batch``."""
+        """Transform a validated (B, 3, H, W) float batch in [0, 1]; must not modify ``batch``.
+
+        ``params`` is what ``make_params`` returned for this call (empty unless overridden). See the
+        class example.
+        """
         raise NotImplementedError

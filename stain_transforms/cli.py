@@ -17,7 +17,31 @@ LEARNED_METHODS = ("stainnet", "staingan")
 
 
 def build_normalizer(method: str, references: list[str] | None, weights: str | None, device: str = "cpu"):
-    """The transform that ``normalize`` applies: a classical one fitted on ``references``, or learned ``weights``."""
+    """The transform that ``normalize`` applies: a classical one fitted on ``references``, or learned ``weights``.
+
+    Args:
+        method: one of ``reinhard``, ``macenko``, ``vahadane`` (fitted on ``references``: image files
+            or folders), ``stainnet``, ``staingan`` (loaded from ``weights``: a bundled name, a folder
+            or a Hub id).
+        references: target-domain image files or folders, for the classical methods.
+        weights: the learned model, for ``stainnet`` and ``staingan``.
+        device: torch device the transform is moved to.
+
+    Raises:
+        ValueError: for an unknown method, or a missing ``references`` / ``weights``.
+
+    Example:
+        >>> import tempfile
+        >>> from .testing import synthetic_tissue
+        >>> reference = Path(tempfile.mkdtemp()) / "reference.png"
+        >>> write_image_atomic(synthetic_tissue(64, seed=0), reference)
+        >>> type(build_normalizer("macenko", [str(reference)], None)).__name__
+        'MacenkoNormalize'
+        >>> build_normalizer("macenko", None, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: --method macenko needs --reference: one or more images or folders of the target domain
+    """
     import stain_transforms as st
 
     if method in CLASSICAL_METHODS:
@@ -61,6 +85,21 @@ def _split_input_output(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run_normalize(args: argparse.Namespace) -> int:
+    """``stain-transforms normalize``: returns 0, or 1 when some images failed (they are listed and skipped).
+
+    Example:
+        >>> import tempfile
+        >>> from .testing import synthetic_tissue
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, seed in [("refs/r.png", 0), ("in/a.png", 1), ("in/b.png", 2)]:
+        ...     write_image_atomic(synthetic_tissue(64, seed=seed), root / name)
+        >>> args = build_parser().parse_args(
+        ...     ["normalize", "--method", "reinhard", "--reference", str(root / "refs"), str(root / "in"), str(root / "out")]
+        ... )
+        >>> run_normalize(args)  # doctest: +ELLIPSIS
+        normalized 2 of 2 image(s) with reinhard into .../out
+        0
+    """
     input_path, output_path = _split_input_output(args)
     pairs = _plan_outputs(input_path, output_path)
     if not args.overwrite:
@@ -71,7 +110,8 @@ def run_normalize(args: argparse.Namespace) -> int:
     failures: list[str] = []
     for source, destination in tqdm(pairs, desc=f"normalize ({args.method})", unit="image"):
         try:
-            image = torch.from_numpy(read_rgb(source)).permute(2, 0, 1).to(args.device)
+            # torch.tensor copies: decoded arrays are read-only, which torch.from_numpy warns about.
+            image = torch.tensor(read_rgb(source)).permute(2, 0, 1).to(args.device)
             result = normalizer(image).permute(1, 2, 0).cpu().numpy()
             write_image_atomic(result, destination, overwrite=args.overwrite)
         except ValueError as error:
@@ -86,6 +126,24 @@ def run_normalize(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """``stain-transforms evaluate``: prints the paper's mean metrics (or JSON) and returns 0.
+
+    Example:
+        >>> import tempfile
+        >>> from .testing import synthetic_tissue
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for folder, stain_scale in [("src", 1.0), ("tgt", 1.2), ("out", 1.1)]:
+        ...     write_image_atomic(synthetic_tissue(64, seed=0, stain_scale=stain_scale), root / folder / "a.png")
+        >>> folders = ["--source", str(root / "src"), "--target", str(root / "tgt"), "--normalized", str(root / "out")]
+        >>> run_evaluate(build_parser().parse_args(["evaluate", *folders, "--json"]))  # doctest: +ELLIPSIS
+        {
+          "n": 1,
+          "ssim_target": 0.9...,
+          "psnr_target": ...,
+          "ssim_source": 0.9...
+        }
+        0
+    """
     from .evaluation import evaluate_folders
 
     result = evaluate_folders(args.source, args.target, args.normalized, args.shift_csv, args.crop, progress=not args.json)
@@ -99,6 +157,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_weights(args: argparse.Namespace) -> int:
+    """``stain-transforms weights``: lists the bundled weights (names, or JSON with their cards); returns 0.
+
+    Example:
+        >>> import contextlib, io
+        >>> from .hub import list_weights
+        >>> with contextlib.redirect_stdout(io.StringIO()) as printed:
+        ...     status = run_weights(build_parser().parse_args(["weights"]))
+        >>> status, all(entry["name"] in printed.getvalue() for entry in list_weights())
+        (0, True)
+    """
     from .hub import list_weights
 
     entries = list_weights()
@@ -112,6 +180,13 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """``stain-transforms demo``: writes the before/after PNG of :func:`stain_transforms.demo.run_demo`; returns 0.
+
+    Example:
+        >>> args = build_parser().parse_args(["demo"])
+        >>> args.run is run_demo, args.out
+        (True, 'stain_transforms_demo.png')
+    """
     from .demo import run_demo as demo
 
     path = demo(args.out, overwrite=args.overwrite)
@@ -120,6 +195,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``stain-transforms`` argument parser; each subcommand sets ``run``, a function of the parsed arguments.
+
+    Example:
+        >>> args = build_parser().parse_args(["normalize", "--method", "stainnet", "--weights", "w", "in", "out"])
+        >>> args.method, args.weights, args.paths, args.device
+        ('stainnet', 'w', ['in', 'out'], 'cpu')
+    """
     parser = argparse.ArgumentParser(prog="stain-transforms", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -162,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Errors a user can fix (bad paths, missing options, existing outputs) print one ``error:`` line
+    and return 2, instead of a traceback.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+        ...     status = main(["normalize", "--method", "macenko", "missing_input", "out"])
+        >>> status, err.getvalue().strip()
+        (2, 'error: input missing_input does not exist')
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

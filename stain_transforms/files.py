@@ -17,6 +17,14 @@ def list_images(folder: str | Path) -> list[Path]:
 
     Raises:
         ValueError: if ``folder`` is not a directory or holds no images.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.jpg", "notes.txt"):
+        ...     (folder / name).touch()
+        >>> [p.name for p in list_images(folder)]
+        ['a.jpg', 'b.png']
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -28,7 +36,20 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def expand_image_paths(paths: list[str | Path]) -> list[Path]:
-    """Files stay files; folders become the images inside them."""
+    """Files stay files; folders become the images inside them.
+
+    Raises:
+        ValueError: if a path does not exist (or a folder holds no images).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("refs/1.png", "refs/2.png", "extra.png"):
+        ...     (folder / name).parent.mkdir(exist_ok=True)
+        ...     (folder / name).touch()
+        >>> [p.name for p in expand_image_paths([folder / "refs", folder / "extra.png"])]
+        ['1.png', '2.png', 'extra.png']
+    """
     expanded: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -45,6 +66,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
     Raises:
         ValueError: if the file cannot be decoded, naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "tile.png"
+        >>> PIL.Image.new("RGBA", (5, 4), (200, 100, 150, 255)).save(path)
+        >>> image = read_rgb(path)
+        >>> image.shape, image.dtype, image[0, 0].tolist()
+        ((4, 5, 3), dtype('uint8'), [200, 100, 150])
     """
     try:
         with PIL.Image.open(path) as image:
@@ -61,6 +90,17 @@ def write_image_atomic(image: np.ndarray, path: str | Path, overwrite: bool = Fa
 
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is false.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "out" / "tile.png"
+        >>> write_image_atomic(np.zeros((4, 4, 3), np.uint8), path)  # creates out/
+        >>> write_image_atomic(np.zeros((4, 4, 3), np.uint8), path)
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... exists; pass --overwrite to replace it
+        >>> sorted(p.name for p in path.parent.iterdir())  # no temporary file left behind
+        ['tile.png']
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -77,6 +117,11 @@ def write_image_atomic(image: np.ndarray, path: str | Path, overwrite: bool = Fa
 
 
 def is_inside(path: str | Path, folder: str | Path) -> bool:
-    """True if ``path`` equals ``folder`` or lies below it (after resolving links)."""
+    """True if ``path`` equals ``folder`` or lies below it (after resolving links).
+
+    Example:
+        >>> is_inside("data/tiles/out", "data/tiles"), is_inside("data/out", "data/tiles")
+        (True, False)
+    """
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents

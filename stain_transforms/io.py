@@ -183,6 +183,14 @@ def iter_batches(images: Any) -> Iterator[torch.Tensor]:
 
     Items of an iterable that are ``(image, label, ...)`` tuples (as a DataLoader yields) or dicts
     with an ``"image"`` key contribute their image.
+
+    Example:
+        >>> images = [np.zeros((4, 4, 3), np.uint8), torch.rand(2, 3, 4, 4)]
+        >>> [tuple(batch.shape) for batch in iter_batches(images)]
+        [(1, 3, 4, 4), (2, 3, 4, 4)]
+        >>> loader = iter([(torch.rand(3, 4, 4), 0), {"image": torch.rand(3, 4, 4), "label": 1}])
+        >>> [tuple(batch.shape) for batch in iter_batches(loader)]
+        [(1, 3, 4, 4), (1, 3, 4, 4)]
     """
     if isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image)):
         yield to_batch(images)[0]

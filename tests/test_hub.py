@@ -285,14 +285,20 @@ def test_missing_repo_revision_and_files(hub, stainnet_folder, tmp_path):
         StainNetNormalize.from_pretrained("fixture/other", endpoint=hub.url, cache_dir=tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_says_so(tmp_path):
+    """huggingface_hub retries for about 20 s before giving up; then the error must say what to do."""
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ConnectionError, match="unreachable") as info:
         StainNetNormalize.from_pretrained("fixture/stainnet", endpoint=endpoint, cache_dir=tmp_path / "c")
     message = str(info.value)
     assert "HF_HUB_OFFLINE" in message and "local folder" in message and "\n" not in message
-    with pytest.raises(ConnectionError, match="local_files_only"):
+
+
+def test_offline_without_cached_copy_says_so(tmp_path):
+    with pytest.raises(ConnectionError, match="local_files_only=True and it is not in the Hugging Face cache") as info:
         StainNetNormalize.from_pretrained("fixture/stainnet", cache_dir=tmp_path / "c", local_files_only=True)
+    assert "HF_HUB_OFFLINE" in str(info.value) and "local folder" in str(info.value)
 
 
 LOAD_SCRIPT = """

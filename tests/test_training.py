@@ -307,3 +307,49 @@ def test_cli_distill_rejects_bad_combinations(folders, tmp_path, capsys):
     assert "--shift-csv applies to --targets only" in capsys.readouterr().err
     assert main(["distill", "--source", str(folders["source"]), "--teacher", "no-such-model", "--out", str(tmp_path / "x")]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+# -- the weights we ship --------------------------------------------------------------------------
+
+SHIPPED = {
+    "stainnet-mitos-aperio-to-hamamatsu": "stainnet",
+    "stainnet-mitos-aperio-to-hamamatsu-from-staingan": "stainnet",
+    "staingan-mitos-aperio-to-hamamatsu": "staingan",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_mitos_weights_load_offline_with_their_card(name):
+    from stain_transforms import StainGANNormalize, StainNetNormalize
+    from stain_transforms.hub import load_registry
+
+    entry = load_registry()[name]
+    assert entry.kind == SHIPPED[name] and entry.bundled  # no download needed
+    card = entry.card()
+    assert "no licence to redistribute" in card and "MITOS-ATYPIA-14" in card and "SSIM source" in card
+    loader = StainNetNormalize if entry.kind == "stainnet" else StainGANNormalize
+    normalize = loader.from_pretrained(name)
+    tile = synthetic_tissue(64, seed=3)
+    out = normalize(tile)
+    assert out.shape == tile.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - tile).mean() > 3  # it changes the colours
+
+
+def test_shipped_stainnet_normalizes_the_mitos_pairs(shared_data):
+    from stain_transforms import StainNetNormalize
+    from stain_transforms.evaluation import read_shifts
+    from stain_transforms.metrics import crop_border, fidelity, mean_fidelity
+
+    # Training-set figures (the model saw these pairs): a regression guard, not an evaluation.
+    root = shared_data / "mitos_atypia14_pairs"
+    shifts = read_shifts(root / "pairs.csv")
+    normalize = StainNetNormalize.from_pretrained("stainnet-mitos-aperio-to-hamamatsu")
+    scores = []
+    for name in sorted(shifts)[::4]:
+        source = np.asarray(PIL.Image.open(root / "aperio" / name).convert("RGB"))
+        target = np.roll(np.asarray(PIL.Image.open(root / "hamamatsu" / name).convert("RGB")), shifts[name], axis=(0, 1))
+        scores.append(fidelity(*(crop_border(x, 16) for x in (normalize(source), target, source))))
+        scores_before = fidelity(*(crop_border(x, 16) for x in (source, target, source)))
+        assert scores[-1].psnr_target > scores_before.psnr_target - 0.5
+    mean = mean_fidelity(scores)
+    assert mean.psnr_target > 21.5 and mean.ssim_source > 0.96

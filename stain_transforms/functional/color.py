@@ -34,7 +34,14 @@ _F_FROM_LAB = torch.linalg.inv(LAB_FROM_F)
 
 
 def channel_matmul(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply a (3, 3) or per-image (B, 3, 3) ``matrix`` (and a (3,) or (B, 3) bias) to the channels of (B, 3, H, W)."""
+    """Apply a (3, 3) or per-image (B, 3, 3) ``matrix`` (and a (3,) or (B, 3) bias) to the channels of (B, 3, H, W).
+
+    Example:
+        >>> x = torch.rand(2, 3, 4, 4)
+        >>> swap = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # swap red and green
+        >>> torch.equal(channel_matmul(x, swap)[:, 0], x[:, 1])
+        True
+    """
     flat = torch.matmul(matrix.to(x), x.flatten(2))
     if bias is not None:
         flat = flat + bias.to(x).reshape(-1, 3, 1)
@@ -76,7 +83,12 @@ def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
-    """Haematoxylin-eosin-DAB back to RGB in [0, 1]; the inverse of :func:`rgb_to_hed`."""
+    """Haematoxylin-eosin-DAB back to RGB in [0, 1]; the inverse of :func:`rgb_to_hed`.
+
+    Example:
+        >>> hed_to_rgb(torch.zeros(1, 3, 2, 2)).min().item()  # no stain: white
+        1.0
+    """
     return od_to_rgb(channel_matmul(hed, RGB_FROM_HED.T * _HED_LOG_ADJUST))
 
 
@@ -93,13 +105,25 @@ def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB to f = (f(X/Xn), f(Y/Yn), f(Z/Zn)), the non-linear stage of CIE Lab; Lab is affine in it.
 
     Working in f saves a pass over the image when only affine Lab operations follow (Reinhard).
+
+    Example:
+        >>> rgb = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+        >>> lab = channel_matmul(rgb_to_lab_f(rgb), LAB_FROM_F, LAB_OFFSET)
+        >>> torch.allclose(lab, rgb_to_lab(rgb))
+        True
     """
     xyz = channel_matmul(_srgb_to_linear(rgb), _WHITE_XYZ_FROM_RGB)
     return torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
 
 
 def lab_f_to_rgb(f: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`rgb_to_lab_f`, clipped into [0, 1]."""
+    """The inverse of :func:`rgb_to_lab_f`, clipped into [0, 1].
+
+    Example:
+        >>> rgb = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+        >>> torch.allclose(lab_f_to_rgb(rgb_to_lab_f(rgb)), rgb)
+        True
+    """
     xyz = torch.where(f > 0.2068966, f**3, (f - 16 / 116) / 7.787)
     return _linear_to_srgb(channel_matmul(xyz, _RGB_FROM_WHITE_XYZ)).clamp(0.0, 1.0)
 
@@ -116,5 +140,11 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """CIE L*a*b* (D65) back to sRGB, clipped into [0, 1]; the inverse of :func:`rgb_to_lab`."""
+    """CIE L*a*b* (D65) back to sRGB, clipped into [0, 1]; the inverse of :func:`rgb_to_lab`.
+
+    Example:
+        >>> rgb = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+        >>> torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb)
+        True
+    """
     return lab_f_to_rgb(channel_matmul(lab - LAB_OFFSET.to(lab).view(1, 3, 1, 1), _F_FROM_LAB))

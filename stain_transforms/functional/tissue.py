@@ -11,7 +11,12 @@ BLACK_LEVEL = 10.0 / 255.0
 
 
 def luminosity(rgb: torch.Tensor) -> torch.Tensor:
-    """CIE lightness L*/100 in [0, 1] of a (B, 3, H, W) sRGB batch, shape (B, H, W)."""
+    """CIE lightness L*/100 in [0, 1] of a (B, 3, H, W) sRGB batch, shape (B, H, W).
+
+    Example:
+        >>> luminosity(torch.ones(1, 3, 2, 2)).flatten().tolist()  # white
+        [1.0, 1.0, 1.0, 1.0]
+    """
     linear = _srgb_to_linear(rgb)
     y = 0.212671 * linear[:, 0] + 0.715160 * linear[:, 1] + 0.072169 * linear[:, 2]
     return torch.where(y > 0.008856, 1.16 * y.clamp(min=0.008856) ** (1 / 3) - 0.16, 9.033 * y)
@@ -33,6 +38,13 @@ def tissue_mask(rgb: torch.Tensor, luminosity_threshold: float = 0.8) -> torch.T
 
 
 def has_enough_tissue(mask: torch.Tensor, min_fraction: float, min_pixels: int = 16) -> torch.Tensor:
-    """Boolean (B,) flag: at least ``min_fraction`` of the pixels and ``min_pixels`` pixels are tissue."""
+    """Boolean (B,) flag: at least ``min_fraction`` of the pixels and ``min_pixels`` pixels are tissue.
+
+    Example:
+        >>> mask = torch.zeros(2, 10, 10, dtype=torch.bool)
+        >>> mask[0, :5] = True  # half of the first image is tissue, none of the second
+        >>> has_enough_tissue(mask, min_fraction=0.1).tolist()
+        [True, False]
+    """
     counts = mask.flatten(1).sum(dim=1)
     return (counts >= min_pixels) & (counts >= min_fraction * mask[0].numel())

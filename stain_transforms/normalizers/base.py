@@ -45,6 +45,29 @@ class StainNormalizer(StainTransform):
     Args:
         luminosity_threshold: pixels with lightness L*/100 at or above this are background.
         min_tissue_fraction: the minimum fraction of tissue pixels for an image to be normalized.
+
+    Example:
+        A normalizer that matches each image's mean colour to the references': declare the
+        statistics, register their ``target_`` buffers, and write two methods.
+
+        >>> class MeanColour(StainNormalizer):
+        ...     statistics = ("mean",)
+        ...     def __init__(self, **kwargs):
+        ...         super().__init__(**kwargs)
+        ...         self.register_buffer("target_mean", torch.zeros(3, dtype=torch.float64))
+        ...     def image_statistics(self, batch):
+        ...         return {"mean": batch.mean(dim=(2, 3))}
+        ...     def normalize(self, batch):
+        ...         shift = self.target_mean.to(batch) - batch.mean(dim=(2, 3))
+        ...         return (batch + shift[:, :, None, None]).clamp(0, 1)
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> normalizer = MeanColour().fit([synthetic_tissue(64, seed=s) for s in range(3)])
+        >>> out = normalizer(synthetic_tissue(64, seed=5, stain_scale=1.5))
+        >>> out.shape, out.dtype
+        ((64, 64, 3), dtype('uint8'))
+        >>> white = np.full((64, 64, 3), 255, np.uint8)
+        >>> bool((normalizer(white) == white).all())  # no tissue: returned unchanged
+        True
     """
 
     statistics: tuple[str, ...] = ()
@@ -67,19 +90,51 @@ class StainNormalizer(StainTransform):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor arguments, JSON-serialisable, so ``type(self)(**self.config)`` rebuilds it."""
+        """The constructor arguments, JSON-serialisable, so ``type(self)(**self.config)`` rebuilds it.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> ReinhardNormalize(min_tissue_fraction=0.05).config
+            {'luminosity_threshold': 0.8, 'min_tissue_fraction': 0.05}
+        """
         return {"luminosity_threshold": self.luminosity_threshold, "min_tissue_fraction": self.min_tissue_fraction}
 
     def image_statistics(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image statistics of a batch of informative images: name -> (B, ...) tensor."""
+        """Per-image statistics of a batch of informative images: name -> (B, ...) tensor.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> stats = ReinhardNormalize().image_statistics(torch.rand(2, 3, 8, 8))
+            >>> {name: tuple(value.shape) for name, value in stats.items()}
+            {'mean': (2, 3), 'std': (2, 3)}
+        """
         raise NotImplementedError
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """Map a batch of informative images onto the fitted target."""
+        """Map a batch of informative images onto the fitted target.
+
+        Unlike calling the transform, this skips input conversion and the tissue check: ``batch``
+        is a (B, 3, H, W) float tensor in [0, 1] and every image is mapped.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> normalizer = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> normalizer.normalize(torch.rand(2, 3, 8, 8)).shape
+            torch.Size([2, 3, 8, 8])
+        """
         raise NotImplementedError
 
     def pool(self, name: str, values: torch.Tensor) -> torch.Tensor:
-        """Combine one statistic over the reference images (N, ...) into the target (...)."""
+        """Combine one statistic over the reference images (N, ...) into the target (...).
+
+        The default is the element-wise median; a subclass may override it per statistic.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> ReinhardNormalize().pool("mean", torch.tensor([[50.0], [52.0], [90.0]]))  # the outlier is ignored
+            tensor([52.])
+        """
         return values.quantile(0.5, dim=0) if values.shape[0] > 1 else values[0]
 
     # -- fitting -----------------------------------------------------------------------------
@@ -95,6 +150,18 @@ class StainNormalizer(StainTransform):
 
         Raises:
             ValueError: when no reference image has enough tissue to estimate statistics from.
+
+        Example:
+            >>> from torch.utils.data import DataLoader, TensorDataset
+            >>> from stain_transforms import ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> tiles = [synthetic_tissue(64, seed=s) for s in range(4)]
+            >>> one = ReinhardNormalize().fit(tiles[0])  # one reference image
+            >>> many = ReinhardNormalize().fit(tiles)  # many: per-image statistics, pooled by the median
+            >>> batches = torch.stack([torch.from_numpy(t).permute(2, 0, 1) for t in tiles])
+            >>> loader = DataLoader(TensorDataset(batches, torch.zeros(4)), batch_size=2)  # (image, label) batches
+            >>> torch.allclose(ReinhardNormalize().fit(loader).target_mean, many.target_mean)
+            True
         """
         if progress is None:
             single = isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image))
@@ -120,7 +187,18 @@ class StainNormalizer(StainTransform):
         return self
 
     def target_statistics(self) -> dict[str, torch.Tensor]:
-        """The fitted target statistics, by name."""
+        """The fitted target statistics, by name (copies).
+
+        Raises:
+            RuntimeError: if the normalizer is not fitted.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> stats = ReinhardNormalize().fit(synthetic_tissue(64, seed=0)).target_statistics()
+            >>> sorted(stats), tuple(stats["mean"].shape)
+            (['mean', 'std'], (3,))
+        """
         self._require_fitted()
         return {name: getattr(self, f"target_{name}").clone() for name in self.statistics}
 
@@ -134,6 +212,14 @@ class StainNormalizer(StainTransform):
         """Boolean (B,): which images have enough tissue and more than one colour to be normalized.
 
         Measured on a regular grid of about 16k pixels per image.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> tissue = torch.from_numpy(synthetic_tissue(64, seed=0)).permute(2, 0, 1) / 255.0
+            >>> batch = torch.stack([tissue, torch.ones(3, 64, 64), torch.zeros(3, 64, 64)])  # tissue, white, black
+            >>> ReinhardNormalize().informative(batch).tolist()
+            [True, False, False]
         """
         height, width = batch.shape[-2:]
         stride = max(1, int((height * width / TISSUE_CHECK_PIXELS) ** 0.5))
@@ -156,7 +242,18 @@ class StainNormalizer(StainTransform):
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted state to a ``.safetensors`` file, with the settings as JSON metadata."""
+        """Write the fitted state to a ``.safetensors`` file, with the settings as JSON metadata; returns the path.
+
+        Example:
+            >>> import tempfile
+            >>> from stain_transforms import MacenkoNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> fitted = MacenkoNormalize(alpha=2.0).fit(synthetic_tissue(64, seed=0))
+            >>> path = fitted.save(Path(tempfile.mkdtemp()) / "macenko.safetensors")
+            >>> loaded = StainNormalizer.load(path)  # the base class reads any saved normalizer
+            >>> type(loaded).__name__, loaded.alpha, torch.equal(loaded.target_stain_matrix, fitted.target_stain_matrix)
+            ('MacenkoNormalize', 2.0, True)
+        """
         path = Path(path)
         tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
         metadata = {"class": type(self).__name__, "config": json.dumps(self.config), "format": "stain_transforms"}
@@ -165,7 +262,25 @@ class StainNormalizer(StainTransform):
 
     @classmethod
     def load(cls, path: str | Path) -> StainNormalizer:
-        """Read a normalizer written by :meth:`save`. ``StainNormalizer.load`` picks the saved class."""
+        """Read a normalizer written by :meth:`save`. ``StainNormalizer.load`` picks the saved class.
+
+        Raises:
+            FileNotFoundError: if there is no file at ``path``.
+            ValueError: if the file is not a normalizer written by :meth:`save`, or holds another
+                class than the one ``load`` was called on.
+
+        Example:
+            >>> import tempfile
+            >>> from stain_transforms import MacenkoNormalize, ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> path = ReinhardNormalize().fit(synthetic_tissue(64, seed=0)).save(Path(tempfile.mkdtemp()) / "r.safetensors")
+            >>> ReinhardNormalize.load(path).fitted.item()
+            True
+            >>> MacenkoNormalize.load(path)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: ... holds a ReinhardNormalize, not a MacenkoNormalize
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no saved normalizer at {path}")

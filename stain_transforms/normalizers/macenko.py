@@ -107,15 +107,16 @@ class StainMatrixNormalizer(StainNormalizer):
     def informative(self, batch: torch.Tensor) -> torch.Tensor:
         """Boolean (B,): enough tissue and more than one colour, judged on the estimation subsample.
 
-        Same rule as :meth:`StainNormalizer.informative`, with the tissue fraction measured on the
-        ``max_pixels`` pixels that statistics are estimated from (exact for images no larger than
-        that), so that the check costs the same on a large tile as on a small one.
+        Same rule as :meth:`StainNormalizer.informative`, applied to the ``max_pixels`` pixels that
+        statistics are estimated from (exact for images no larger than that): an image is
+        normalized when its statistics can be estimated, and the check costs the same on a large
+        tile as on a small one.
         """
-        return self._informative(batch, pixel_masks(self.sample(batch), self.luminosity_threshold))
+        pixels = self.sample(batch)
+        return self._informative(pixels, pixel_masks(pixels, self.luminosity_threshold))
 
-    def _informative(self, batch: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
-        flat = batch.flatten(2)
-        colour_range = (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=1)
+    def _informative(self, pixels: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
+        colour_range = (pixels.amax(dim=2) - pixels.amin(dim=2)).amax(dim=1)
         return has_enough_tissue(tissue, self.min_tissue_fraction) & (colour_range > MIN_COLOUR_RANGE)
 
     # -- transforming ------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class StainMatrixNormalizer(StainNormalizer):
         self._require_fitted()
         pixels = self.sample(batch)
         tissue = pixel_masks(pixels, self.luminosity_threshold)
-        usable = self._informative(batch, tissue)
+        usable = self._informative(pixels, tissue)
         if bool(usable.all()):
             return self._normalize(batch, self._statistics(pixels, tissue))
         out = batch.clone()

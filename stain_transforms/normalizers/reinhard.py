@@ -33,8 +33,25 @@ class ReinhardNormalize(StainNormalizer):
         self.register_buffer("target_std", torch.ones(3, dtype=torch.float64))
 
     def image_statistics(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each image's Lab mean and standard deviation: ``{"mean": (B, 3), "std": (B, 3)}``.
+
+        Example:
+            >>> white = torch.ones(1, 3, 4, 4, dtype=torch.float64)
+            >>> [round(v, 3) for v in ReinhardNormalize().image_statistics(white)["mean"][0].tolist()]
+            [100.0, 0.0, 0.0]
+        """
         mean, std = lab_statistics(batch)
         return {"mean": mean, "std": std}
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """Give every image of the (B, 3, H, W) batch the fitted Lab mean and standard deviation.
+
+        Example:
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> normalizer = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> batch = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 0.6 + 0.2
+            >>> mean = normalizer.image_statistics(normalizer.normalize(batch))["mean"]
+            >>> torch.allclose(mean, normalizer.target_mean.expand(2, 3), atol=0.5)  # up to clipping into [0, 1]
+            True
+        """
         return reinhard_transfer(batch, self.target_mean, self.target_std)

@@ -9,6 +9,7 @@ one gather per pixel. ``backend="auto"`` uses it for uint8 input on the CPU.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ class StainNetNormalize(StainTransform):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model.eval()
         self.backend = backend
-        self._tables: dict[torch.device, tuple[tuple, torch.Tensor]] = {}
+        self._tables: dict[torch.device, tuple[bytes, torch.Tensor]] = {}
+        self._digest: tuple[tuple, bytes] | None = None
 
     # -- loading and saving ------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class StainNetNormalize(StainTransform):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_tables"] = {}  # 48 MB each; rebuilt on demand in the receiving process
+        state["_digest"] = None  # holds data pointers, meaningless elsewhere
         return state
 
     # -- the network -------------------------------------------------------------------------
@@ -120,8 +123,19 @@ class StainNetNormalize(StainTransform):
 
     # -- the lookup table --------------------------------------------------------------------
 
-    def _fingerprint(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
+    def _fingerprint(self) -> bytes:
+        """A digest of the weights: the table follows in-place updates and survives device moves."""
+        # Tensor versions count in-place writes; hashing the bytes only when they change keeps
+        # this check to microseconds per call.
+        quick = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.model.parameters())
+        if self._digest is not None and self._digest[0] == quick:
+            return self._digest[1]
+        digest = hashlib.sha1()
+        for p in self.model.parameters():
+            digest.update(str(p.dtype).encode())
+            digest.update(p.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
+        self._digest = (quick, digest.digest())
+        return self._digest[1]
 
     @torch.no_grad()
     def lookup_table(self, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -336,7 +336,9 @@ def _train_paper(model: StainNet, train: PairSet, tracker: _Tracker, config: Dis
     for epoch in bar:
         losses = []
         for source, teacher in loader:
-            loss = _l1_raw(model, source.to(device), teacher.to(device)).mean()
+            # Channels-last memory turns the 1x1 convolutions into plain matrix products (faster on CPUs).
+            source, teacher = (x.to(device, memory_format=torch.channels_last) for x in (source, teacher))
+            loss = _l1_raw(model, source, teacher).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
