@@ -95,7 +95,7 @@ def write_image_atomic(image: np.ndarray, path: str | Path, overwrite: bool = Fa
         >>> import tempfile
         >>> path = Path(tempfile.mkdtemp()) / "out" / "tile.png"
         >>> write_image_atomic(np.zeros((4, 4, 3), np.uint8), path)  # creates out/
-        >>> write_image_atomic(np.zeros((4, 4, 3), np.uint8), path)
+        >>> write_image_atomic(np.zeros((4, 4, 3), np.uint8), path)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         FileExistsError: ... exists; pass --overwrite to replace it

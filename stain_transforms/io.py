@@ -64,10 +64,13 @@ def _working_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _from_uint8_or_float(t: torch.Tensor, x: Any) -> tuple[torch.Tensor, bool]:
+    # Always a contiguous batch: a strided input (a permuted view) must not change the rounding of
+    # later reductions, so the result never depends on the input's memory layout.
+    contiguous = torch.contiguous_format
     if t.dtype == torch.uint8:
-        return t.to(torch.float32) / 255.0, True
+        return t.to(torch.float32, memory_format=contiguous) / 255.0, True
     if t.dtype.is_floating_point:
-        return t.to(_working_dtype(t.dtype), copy=True), False
+        return t.to(_working_dtype(t.dtype), copy=True, memory_format=contiguous), False
     raise ValueError(f"unsupported dtype {t.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
 
 
@@ -128,8 +131,10 @@ def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"unsupported dtype {x.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
     _check_size(x.shape[-3], x.shape[-2], x)
-    # torch.tensor copies, so read-only and non-contiguous arrays are fine and never written to.
-    t = torch.tensor(np.asarray(x).reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2)
+    # A native-byte-order, C-ordered copy: read-only, strided, flipped (negative strides) and big-endian
+    # arrays are all fine, and the caller's array is never written to.
+    copy = np.array(x, dtype=x.dtype.newbyteorder("="), order="C")
+    t = torch.from_numpy(copy).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
     batch, integer_input = _from_uint8_or_float(t, x)
     batch = _check_values(batch.contiguous(), integer_input, x)
     shape, dtype = x.shape, x.dtype

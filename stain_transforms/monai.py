@@ -54,8 +54,10 @@ def _channel_first(img: Any, apply: Callable[[torch.Tensor], torch.Tensor]) -> A
     if isinstance(img, torch.Tensor):
         return apply(img)
     if isinstance(img, np.ndarray):
-        tensor = torch.from_numpy(img if img.flags.writeable else img.copy())  # torch warns on read-only
-        return apply(tensor).numpy()
+        if not (img.flags.writeable and img.dtype.isnative and min(img.strides, default=0) >= 0):
+            # torch.from_numpy refuses negative strides and foreign byte order, and warns on read-only arrays.
+            img = np.array(img, dtype=img.dtype.newbyteorder("="))
+        return apply(torch.from_numpy(img)).numpy()
     raise ValueError(f"expected a channel-first tensor, MetaTensor or numpy array, got {type(img).__name__}")
 
 

@@ -293,3 +293,17 @@ def test_estimated_basis_on_background_and_batches(basis):
     for i in range(3):
         single = {name: value[i : i + 1] for name, value in jitter.last_params.items()}
         torch.testing.assert_close(jitter.apply_params(images[i], single), out[i], rtol=0, atol=1)
+
+
+def test_cpu_batches_go_image_by_image_with_the_same_result():
+    images = np.stack([synthetic_tissue(48, seed=s) for s in range(3)])
+    jitter = HEDJitter.strong(generator=torch.Generator().manual_seed(4))
+    out = jitter(images)
+    assert isinstance(out, np.ndarray) and out.shape == images.shape and out.dtype == np.uint8
+    # The whole-batch path (as on a GPU) gives the same bits.
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    whole = jitter.apply_batch(batch, jitter.last_params)
+    expected = (whole * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="drawn for 2 images"):
+        jitter.apply_params(images, jitter.generate_parameters(2))

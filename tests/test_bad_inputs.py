@@ -96,6 +96,7 @@ EXPECTED: dict[str, dict[str, Outcome]] = {
     "non-contiguous": {"*": RESULT},
     "negative strides (flipped view)": {"*": RESULT},
     "read-only array": {"*": RESULT},
+    "big-endian float32": {"*": RESULT},
     f"{BIG}x{BIG}": {"*": RESULT},
     "CUDA tensor": {"*": RESULT},
 }
@@ -174,19 +175,24 @@ def _non_contiguous(adapter: str) -> Any:
     return view
 
 
+def _array(hwc: np.ndarray, adapter: str) -> np.ndarray:
+    """A contiguous numpy copy in the layout the adapter takes for arrays (every adapter takes numpy)."""
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1) if _channel_first_array(adapter) else hwc)
+
+
 def _flipped(adapter: str) -> np.ndarray:
-    """A numpy view with negative strides, as ``np.flip`` or ``x[::-1]`` give (every adapter takes numpy)."""
-    hwc = _tissue().copy()
-    if _channel_first_array(adapter):
-        return hwc.transpose(2, 0, 1)[:, ::-1, ::-1]
-    return hwc[::-1, ::-1]
+    """A numpy view with negative strides, as ``np.flip`` or ``x[::-1]`` give."""
+    return _array(_tissue(), adapter)[..., ::-1, ::-1] if _channel_first_array(adapter) else _tissue()[::-1, ::-1]
 
 
 def _read_only(adapter: str) -> np.ndarray:
-    hwc = _tissue()
-    array = hwc.transpose(2, 0, 1).copy() if _channel_first_array(adapter) else hwc.copy()
+    array = _array(_tissue(), adapter)
     array.setflags(write=False)
     return array
+
+
+def _big_endian(adapter: str) -> np.ndarray:
+    return _array(_tissue().astype(np.float32) / 255, adapter).astype(">f4")
 
 
 def _cuda(adapter: str) -> Any:
@@ -265,6 +271,11 @@ CASES: dict[str, Case] = {
     ),
     "negative strides (flipped view)": Case("`x[::-1, ::-1]` numpy view", _flipped, _contiguous_copy),
     "read-only array": Case("numpy array with `writeable=False`", _read_only, _contiguous_copy),
+    "big-endian float32": Case(
+        "numpy float32 in [0, 1], byte order `>f4` (as some TIFF/FITS readers give)",
+        _big_endian,
+        lambda x: x.astype(np.float32),
+    ),
     f"{BIG}x{BIG}": Case(f"{BIG}x{BIG} uint8 tissue (192 MiB)", _from_hwc(lambda: _tissue(BIG))),
     "CUDA tensor": Case("the tile on the GPU (skipped without one)", _cuda, lambda x: x.cpu()),
 }
@@ -342,7 +353,10 @@ def assert_unchanged(x: Any, before: tuple[np.ndarray, bool]) -> None:
 def assert_same_kind(out: Any, image: Any) -> None:
     assert type(out) is type(image), f"{type(image).__name__} in, {type(out).__name__} out"
     assert tuple(out.shape) == tuple(image.shape)
-    assert out.dtype == image.dtype
+    if isinstance(image, np.ndarray):  # the byte order of a big-endian input need not be kept
+        assert out.dtype.newbyteorder("=") == image.dtype.newbyteorder("=")
+    else:
+        assert out.dtype == image.dtype
     if isinstance(image, torch.Tensor):
         assert out.device == image.device
     values = as_numpy(out)

@@ -26,15 +26,15 @@ MIN_PIXELS = 16
 REFERENCE_STAIN_MATRIX = RGB_FROM_HED[:2].T.contiguous()
 
 
-def subsample(rgb: torch.Tensor, max_pixels: int | None = 2**16) -> torch.Tensor:
+def subsample(rgb: torch.Tensor, max_pixels: int | None = 2**14) -> torch.Tensor:
     """A regular grid of at most ``max_pixels`` pixels per image: (B, 3, H, W) -> (B, 3, N).
 
     The same grid (every ``s``-th row and column) is used for every image of the batch, so an
     image gives the same subsample alone or in a batch. ``None`` keeps every pixel.
 
     Example:
-        >>> subsample(torch.rand(2, 3, 512, 512), 2**16).shape
-        torch.Size([2, 3, 65536])
+        >>> subsample(torch.rand(2, 3, 512, 512), 2**14).shape
+        torch.Size([2, 3, 16384])
     """
     height, width = rgb.shape[-2:]
     step = 1 if max_pixels is None else max(1, math.ceil(math.sqrt(height * width / max_pixels)))
@@ -112,7 +112,7 @@ def macenko_stain_matrix(
     beta: float = 0.15,
     alpha: float = 1.0,
     luminosity_threshold: float | None = 0.8,
-    max_pixels: int | None = 2**16,
+    max_pixels: int | None = 2**14,
 ) -> torch.Tensor:
     """Estimate each image's stain matrix with Macenko's method: (B, 3, H, W) -> (B, 3, 2).
 

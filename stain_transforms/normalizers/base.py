@@ -273,7 +273,8 @@ class StainNormalizer(StainTransform):
             >>> import tempfile
             >>> from stain_transforms import MacenkoNormalize, ReinhardNormalize
             >>> from stain_transforms.testing import synthetic_tissue
-            >>> path = ReinhardNormalize().fit(synthetic_tissue(64, seed=0)).save(Path(tempfile.mkdtemp()) / "r.safetensors")
+            >>> fitted = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> path = fitted.save(Path(tempfile.mkdtemp()) / "reinhard.safetensors")
             >>> ReinhardNormalize.load(path).fitted.item()
             True
             >>> MacenkoNormalize.load(path)  # doctest: +ELLIPSIS
