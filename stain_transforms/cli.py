@@ -157,7 +157,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    """``stain-transforms weights``: lists the bundled weights (names, or JSON with their cards); returns 0.
+    """``stain-transforms weights``: a summary of each registered model (``--json``: the entries with their cards).
 
     Example:
         >>> import contextlib, io
@@ -170,12 +170,20 @@ def run_weights(args: argparse.Namespace) -> int:
     from .hub import list_weights
 
     entries = list_weights()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
     if not entries:
-        print("no bundled weights")
+        print("no registered weights")
     for entry in entries:
-        print(json.dumps(entry, indent=2) if args.json else entry.get("card_summary", entry["name"]))
-        if not args.json:
-            print()
+        where = "bundled" if entry["bundled"] else "downloaded from the Hub on first use"
+        print(f"{entry['name']} ({entry['kind']}, {where})")
+        if entry.get("description"):
+            print(f"  {entry['description']}")
+        print(f"  source domain: {entry['source_domain']}\n  target domain: {entry['target_domain']}")
+        print(f"  training data: {entry['training_data']}\n  Hub: {entry['repo_id']}\n")
+    if entries:
+        print("The full model cards: stain-transforms weights --json")
     return 0
 
 
@@ -229,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--per-file", action="store_true", help="with --json, include every file's metrics")
     evaluate.set_defaults(run=run_evaluate)
 
-    weights = commands.add_parser("weights", help="list the bundled pretrained weights with their cards")
+    weights = commands.add_parser("weights", help="list the registered pretrained weights (--json: with their model cards)")
     weights.add_argument("--json", action="store_true", help="print the registry entries as JSON")
     weights.set_defaults(run=run_weights)
 
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: files that exist or don't, permissions, no network
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -76,3 +76,74 @@ def test_module_entry_point_runs():
 
     done = subprocess.run([sys.executable, "-m", "stain_transforms", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "normalize" in done.stdout
+
+
+# -- safe file handling (issue 8): what the tests above leave out ---------------------------------
+
+
+def test_unreadable_and_unusable_images_are_each_reported_and_the_rest_processed(folders, capsys):
+    import PIL.Image
+
+    (folders / "in" / "broken.png").write_bytes(b"\x89PNG truncated")
+    PIL.Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(folders / "in" / "deep.png")  # 16-bit
+    write_image_atomic(np.full((1, 1, 3), 120, np.uint8), folders / "in" / "dot.png")  # too small to normalize
+    out = folders / "out"
+    code = main(["normalize", "--method", "reinhard", "--reference", str(folders / "ref"), str(folders / "in"), str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["tile0.png", "tile1.png", "tile2.png"]
+    assert "normalized 3 of 6 image(s)" in captured.out
+    assert "3 image(s) failed:" in captured.err
+    for name, reason in [("broken.png", "cannot read image"), ("deep.png", "16-bit"), ("dot.png", "too small")]:
+        assert any(name in line and reason in line for line in captured.err.splitlines()), (name, captured.err)
+
+
+def test_output_folder_equal_to_the_input_or_linked_into_it_is_refused(folders, capsys):
+    inp = folders / "in"
+    link = folders / "link_into_input"
+    link.symlink_to(inp)
+    before = sorted(p.name for p in inp.iterdir())
+    for output in (inp, link, link / "sub"):
+        code = main(["normalize", "--method", "reinhard", "--reference", str(folders / "ref"), str(inp), str(output)])
+        assert code == 2
+        assert "inside the input" in capsys.readouterr().err
+    assert sorted(p.name for p in inp.iterdir()) == before
+
+
+def test_any_existing_output_stops_the_run_before_anything_is_written(folders, capsys):
+    out = folders / "out"
+    write_image_atomic(np.zeros((4, 4, 3), np.uint8), out / "tile1.png")
+    args = ["normalize", "--method", "reinhard", "--reference", str(folders / "ref")]
+    assert main(args + [str(folders / "in"), str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["tile1.png"]  # tile0 and tile2 not written either
+    single = folders / "single.png"
+    write_image_atomic(np.zeros((4, 4, 3), np.uint8), single)
+    before = single.read_bytes()
+    assert main(args + [str(folders / "in" / "tile0.png"), str(single)]) == 2
+    assert single.read_bytes() == before
+
+
+def test_a_failed_write_leaves_no_partial_or_temporary_file(folders, monkeypatch, capsys):
+    import PIL.Image
+
+    def disk_full(self, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"\x89PNG half")  # a partial file, then the failure
+        raise OSError(28, "No space left on device")
+
+    out = folders / "out"
+    write_image_atomic(np.zeros((4, 4, 3), np.uint8), out / "kept.png")
+    before = (out / "kept.png").read_bytes()
+    monkeypatch.setattr(PIL.Image.Image, "save", disk_full)
+    with pytest.raises(OSError):
+        write_image_atomic(np.zeros((4, 4, 3), np.uint8), out / "new.png")
+    with pytest.raises(OSError):
+        write_image_atomic(np.zeros((4, 4, 3), np.uint8), out / "kept.png", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["kept.png"]  # no new.png, no hidden temporary file
+    assert (out / "kept.png").read_bytes() == before
+    # Through the command line: one error line, and again nothing half-written.
+    code = main(["normalize", "--method", "reinhard", "--reference", str(folders / "ref"), str(folders / "in"), str(out / "n")])
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert not (out / "n").exists() or not list((out / "n").iterdir())

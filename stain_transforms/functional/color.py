@@ -92,13 +92,18 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
     return od_to_rgb(channel_matmul(hed, RGB_FROM_HED.T * _HED_LOG_ADJUST))
 
 
+def _power(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``x ** exponent`` for x >= 0, as exp(log) because torch's CPU pow is several times slower."""
+    return torch.log(x).mul_(exponent).exp_()
+
+
 def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    return torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    return torch.where(rgb > 0.04045, _power((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
 
 
 def _linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
     lin = lin.clamp(min=0.0)
-    return torch.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, lin * 12.92)
+    return torch.where(lin > 0.0031308, 1.055 * _power(lin, 1 / 2.4) - 0.055, lin * 12.92)
 
 
 def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
@@ -113,7 +118,7 @@ def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
         True
     """
     xyz = channel_matmul(_srgb_to_linear(rgb), _WHITE_XYZ_FROM_RGB)
-    return torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.where(xyz > 0.008856, _power(xyz.clamp(min=0.0), 1 / 3), 7.787 * xyz + 16 / 116)
 
 
 def lab_f_to_rgb(f: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import _srgb_to_linear
+from .color import _power, _srgb_to_linear
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
@@ -19,7 +19,7 @@ def luminosity(rgb: torch.Tensor) -> torch.Tensor:
     """
     linear = _srgb_to_linear(rgb)
     y = 0.212671 * linear[:, 0] + 0.715160 * linear[:, 1] + 0.072169 * linear[:, 2]
-    return torch.where(y > 0.008856, 1.16 * y.clamp(min=0.008856) ** (1 / 3) - 0.16, 9.033 * y)
+    return torch.where(y > 0.008856, 1.16 * _power(y.clamp(min=0.008856), 1 / 3) - 0.16, 9.033 * y)
 
 
 def tissue_mask(rgb: torch.Tensor, luminosity_threshold: float = 0.8) -> torch.Tensor:

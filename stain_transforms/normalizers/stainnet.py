@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ N_COLOURS = 256**3
 _CHUNK = 4096
 # Pixels per gather when applying the table.
 _GATHER_CHUNK = 1 << 18
+# Held while a table is built: threads that first need a table together wait for one build
+# instead of each building its own (seconds of CPU and 48 MB each).
+_TABLE_LOCK = threading.Lock()
 
 
 class StainNetNormalize(StainTransform):
@@ -155,12 +159,16 @@ class StainNetNormalize(StainTransform):
         cached = self._tables.get(device)
         if cached is not None and cached[0] == key:
             return cached[1]
-        cpu = self._tables.get(torch.device("cpu"))
-        if cpu is not None and cpu[0] == key:
-            table = cpu[1].to(device)
-        else:
-            table = self._build_table().to(device)
-        self._tables[device] = (key, table)
+        with _TABLE_LOCK:
+            cached = self._tables.get(device)  # another thread may have built it while we waited
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            cpu = self._tables.get(torch.device("cpu"))
+            if cpu is not None and cpu[0] == key:
+                table = cpu[1].to(device)
+            else:
+                table = self._build_table().to(device)
+            self._tables[device] = (key, table)
         return table
 
     def compile(self) -> StainNetNormalize:
