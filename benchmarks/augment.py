@@ -39,6 +39,7 @@ SAMPLE = REPO.parent / "shared" / "data" / "peer_samples" / "src_512.png"
 SIZE, BATCH = 512, 16
 MIN_CALLS, MIN_SECONDS, MAX_SECONDS = 5, 1.0, 20.0
 HEAD_TO_HEAD_ROUNDS = 10
+THREADS: int | None = None  # --threads; re-applied before every timing, as some peers change it (staintools)
 
 # The peers compared, as (method, peer) keys of benchmarks/_peers.py's PEER_AUGMENTERS.
 PEERS = [
@@ -62,10 +63,12 @@ def rate(run: Callable[[], object], images_per_call: int, sync: Callable[[], Non
     The best of several calls (at least MIN_CALLS and MIN_SECONDS, at most MAX_SECONDS), as
     ``timeit`` recommends: other jobs sharing the machine only ever make a call slower.
     """
+    pin_threads()
     run()
     sync()
     best, calls, begin = float("inf"), 0, time.perf_counter()
     while calls < MIN_CALLS or time.perf_counter() - begin < MIN_SECONDS:
+        pin_threads()
         start = time.perf_counter()
         run()
         sync()
@@ -74,6 +77,11 @@ def rate(run: Callable[[], object], images_per_call: int, sync: Callable[[], Non
         if time.perf_counter() - begin > MAX_SECONDS:
             break
     return images_per_call / best
+
+
+def pin_threads() -> None:
+    if THREADS:
+        torch.set_num_threads(THREADS)
 
 
 def load_image() -> tuple[np.ndarray, str]:
@@ -91,8 +99,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="device for our batched call (peers run as they do)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    global THREADS
+    THREADS = args.threads
+    pin_threads()
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -166,6 +175,7 @@ def head_to_head(
     best = [float("inf"), float("inf")]
     for _ in range(HEAD_TO_HEAD_ROUNDS):
         for side, (run, after) in enumerate(((ours, sync), (peer, lambda: None))):
+            pin_threads()
             start = time.perf_counter()
             run()
             after()

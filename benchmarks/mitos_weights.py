@@ -84,8 +84,8 @@ def fidelity_text(fidelity: dict | None, key: str, shipped: str | None = None) -
     lines = [
         "### The paper's metrics on the dev pairs (`benchmarks/fidelity.py`)",
         "",
-        "Target shifted by pairs.csv, 16 px border cropped; SSIM/PSNR against the Hamamatsu target on RGB, "
-        "SSIM against the Aperio source on stretched grayscale.",
+        ("Target shifted by pairs.csv, 16 px border cropped; SSIM/PSNR against the Hamamatsu target on RGB, "
+         "SSIM against the Aperio source on stretched grayscale."),
         "",
         (f"**The same recipe, leave-one-slide-out** (row \"{FIDELITY_ROWS[key]}\": each slide scored by a StainNet "
          f"distilled on the other three slides only; {row['note']}):") if held_out else

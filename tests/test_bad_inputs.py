@@ -64,9 +64,6 @@ class Raises:
 
     fragment: str
 
-    def __str__(self) -> str:
-        return f'ValueError "{self.fragment}"'
-
 
 Outcome = str | Raises
 
@@ -182,7 +179,9 @@ def _array(hwc: np.ndarray, adapter: str) -> np.ndarray:
 
 def _flipped(adapter: str) -> np.ndarray:
     """A numpy view with negative strides, as ``np.flip`` or ``x[::-1]`` give."""
-    return _array(_tissue(), adapter)[..., ::-1, ::-1] if _channel_first_array(adapter) else _tissue()[::-1, ::-1]
+    return (
+        _array(_tissue(), adapter)[..., ::-1, ::-1] if _channel_first_array(adapter) else _tissue().copy()[::-1, ::-1]
+    )
 
 
 def _read_only(adapter: str) -> np.ndarray:
@@ -198,7 +197,8 @@ def _big_endian(adapter: str) -> np.ndarray:
 def _cuda(adapter: str) -> Any:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    return _native(_tissue(), adapter).to("cuda")
+    image = _native(_tissue(), adapter)
+    return (torch.from_numpy(image) if isinstance(image, np.ndarray) else image).to("cuda")
 
 
 def _contiguous_copy(x: Any) -> Any:
@@ -450,7 +450,8 @@ def test_every_case_has_an_expectation_and_every_transform_is_public() -> None:
     for name in TRANSFORMS:
         assert name in stain_transforms.__all__
     public = {
-        n for n in stain_transforms.__all__
+        n
+        for n in stain_transforms.__all__
         if isinstance(getattr(stain_transforms, n), type)
         and issubclass(getattr(stain_transforms, n), stain_transforms.StainTransform)
         and n not in ("StainTransform", "StainNormalizer")

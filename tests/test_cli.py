@@ -88,7 +88,8 @@ def test_unreadable_and_unusable_images_are_each_reported_and_the_rest_processed
     PIL.Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(folders / "in" / "deep.png")  # 16-bit
     write_image_atomic(np.full((1, 1, 3), 120, np.uint8), folders / "in" / "dot.png")  # too small to normalize
     out = folders / "out"
-    code = main(["normalize", "--method", "reinhard", "--reference", str(folders / "ref"), str(folders / "in"), str(out)])
+    reference = str(folders / "ref")
+    code = main(["normalize", "--method", "reinhard", "--reference", reference, str(folders / "in"), str(out)])
     captured = capsys.readouterr()
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["tile0.png", "tile1.png", "tile2.png"]
@@ -143,7 +144,8 @@ def test_a_failed_write_leaves_no_partial_or_temporary_file(folders, monkeypatch
     assert sorted(p.name for p in out.iterdir()) == ["kept.png"]  # no new.png, no hidden temporary file
     assert (out / "kept.png").read_bytes() == before
     # Through the command line: one error line, and again nothing half-written.
-    code = main(["normalize", "--method", "reinhard", "--reference", str(folders / "ref"), str(folders / "in"), str(out / "n")])
+    reference = str(folders / "ref")
+    code = main(["normalize", "--method", "reinhard", "--reference", reference, str(folders / "in"), str(out / "n")])
     err = capsys.readouterr().err
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     assert not (out / "n").exists() or not list((out / "n").iterdir())

@@ -278,7 +278,7 @@ def test_cli_train_staingan_then_distill_from_it(folders, tmp_path, capsys):
     assert summary["n_val"] == 1 and summary["out_dir"] == str(net) and (net / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("teacher", ["outputs", "targets", "reinhard"])
+@pytest.mark.parametrize("teacher", ["outputs", "targets", "reinhard", "bundled"])
 def test_cli_distill_teacher_variants(folders, tmp_path, capsys, teacher):
     args = ["distill", "--source", str(folders["source"]), "--out", str(tmp_path / "net"), "--steps", "200",
             "--val-groups", "b", "--group-pattern", r"slide(\w)_", "--no-progress"]
@@ -286,15 +286,17 @@ def test_cli_distill_teacher_variants(folders, tmp_path, capsys, teacher):
         args += ["--teacher-outputs", str(folders["teacher"])]
     elif teacher == "targets":
         args += ["--targets", str(folders["targets"]), "--shift-csv", str(folders["csv"]), "--border", "2"]
-    else:
+    elif teacher == "reinhard":
         args += ["--teacher", "reinhard", "--reference", str(folders["other"])]
+    else:
+        args += ["--teacher", "staingan-mitos-aperio-to-hamamatsu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "StainNet saved to" in out and "validation (3 images, against the teacher)" in out
     psnr = float(out.split("PSNR ")[1].split(" dB")[0])
-    # Reinhard's map depends on each image's statistics, so one colour map only approximates it.
-    assert psnr > (20 if teacher == "reinhard" else 28)
-    if teacher != "reinhard":  # the same colour map behind both: the registered targets were aligned
+    # Reinhard's and StainGAN's maps depend on each image's content, so one colour map only approximates them.
+    assert psnr > (28 if teacher in ("outputs", "targets") else 20)
+    if teacher in ("outputs", "targets"):  # the same colour map behind both: the registered targets were aligned
         model = StainNet.from_pretrained(tmp_path / "net")
         source = np.asarray(PIL.Image.open(folders["source"] / "slideb_0.png"))
         out_image = (model(torch.tensor(source).permute(2, 0, 1)[None] / 255)[0].permute(1, 2, 0) * 255).round().byte().numpy()
@@ -327,8 +329,10 @@ def test_shipped_mitos_weights_load_offline_with_their_card(name):
     assert entry.kind == SHIPPED[name] and entry.bundled  # no download needed
     card = entry.card()
     assert "no licence to redistribute" in card and "MITOS-ATYPIA-14" in card and "SSIM source" in card
-    loader = StainNetNormalize if entry.kind == "stainnet" else StainGANNormalize
-    normalize = loader.from_pretrained(name)
+    if entry.kind == "stainnet":
+        normalize = StainNetNormalize.from_pretrained(name, backend="conv")  # no 256^3 table to build
+    else:
+        normalize = StainGANNormalize.from_pretrained(name)
     tile = synthetic_tissue(64, seed=3)
     out = normalize(tile)
     assert out.shape == tile.shape and out.dtype == np.uint8
@@ -343,7 +347,7 @@ def test_shipped_stainnet_normalizes_the_mitos_pairs(shared_data):
     # Training-set figures (the model saw these pairs): a regression guard, not an evaluation.
     root = shared_data / "mitos_atypia14_pairs"
     shifts = read_shifts(root / "pairs.csv")
-    normalize = StainNetNormalize.from_pretrained("stainnet-mitos-aperio-to-hamamatsu")
+    normalize = StainNetNormalize.from_pretrained("stainnet-mitos-aperio-to-hamamatsu", backend="conv")
     scores = []
     for name in sorted(shifts)[::4]:
         source = np.asarray(PIL.Image.open(root / "aperio" / name).convert("RGB"))

@@ -76,7 +76,11 @@ FAILURES = {
     "sha256 mismatch": (sha256_mismatch, ValueError, "sha256 mismatch for 'fixture-stainnet'"),
     "missing config.json": (missing_config, ValueError, "has no config.json"),
     "unknown name": (unknown_name, ValueError, "unknown weights 'stainnet-nowhere'; available names:"),
-    "unreachable Hub": (hub_unreachable, ConnectionError, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"),
+    "unreachable Hub": (
+        hub_unreachable,
+        ConnectionError,
+        "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache",
+    ),
 }
 
 

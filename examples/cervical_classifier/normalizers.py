@@ -10,6 +10,9 @@ Each one maps site-B images back to site A's colours, and each learns only from 
   images (site A) as the target domain.
 - StainNet is distilled from that StainGAN (:func:`stain_transforms.training.distill`) on the
   site-B pool, as in the StainNet paper: the teacher's outputs are the targets.
+
+The trained models are then applied as the library's transforms, ``StainGANNormalize`` and
+``StainNetNormalize`` (loaded with ``from_pretrained(folder)`` when reused).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stain_transforms import MacenkoNormalize
+from stain_transforms import MacenkoNormalize, StainGANNormalize, StainNetNormalize
 from stain_transforms.files import write_image_atomic
 from stain_transforms.models import StainGANGenerator, StainNet
 from stain_transforms.training import DistillConfig, distill, pairs_from_teacher
@@ -138,18 +141,19 @@ def load_or_train(
         gan_dir = Path(staingan_weights) if staingan_weights else out_dir / "staingan"
         if staingan_weights or (resume and (gan_dir / "model.safetensors").is_file()):
             print(f"using the StainGAN in {gan_dir}")
-            generator = StainGANGenerator.from_pretrained(gan_dir).eval()
+            staingan = StainGANNormalize.from_pretrained(gan_dir)
         else:
-            generator = train_staingan_b_to_a(site_b_dir, site_a_dir, gan_dir, settings, resume)
+            staingan = StainGANNormalize(train_staingan_b_to_a(site_b_dir, site_a_dir, gan_dir, settings, resume))
+        generator = staingan.model
         if "staingan" in names:
-            out["staingan"] = generator.translate
+            out["staingan"] = staingan
     if "stainnet" in names:
         net_dir = Path(stainnet_weights) if stainnet_weights else out_dir / "stainnet"
         if stainnet_weights or (resume and (net_dir / "model.safetensors").is_file()):
             print(f"using the StainNet in {net_dir}")
-            stainnet = StainNet.from_pretrained(net_dir).eval()
+            stainnet = StainNetNormalize.from_pretrained(net_dir)
         else:
-            stainnet = distill_stainnet(site_b_dir, generator, net_dir, settings)
+            stainnet = StainNetNormalize(distill_stainnet(site_b_dir, generator, net_dir, settings))
         out["stainnet"] = stainnet
     (out_dir / "normalizer_settings.json").write_text(json.dumps(asdict(settings), indent=2))
     return out

@@ -62,7 +62,7 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
         ax.set_title("F1" if metric == "f1" else metric.capitalize())
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(title="experiment", fontsize=8, loc="lower left")
+    axes[1].legend(title="experiment", fontsize=8, loc="upper right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,8 @@ def stain_jitter(
     scaled_unmix = factors.unsqueeze(-1) * unmix
     negative = bool((shifts < 0).any())
 
-    def jitter_pixels(pixels: torch.Tensor, images: slice) -> torch.Tensor:
-        """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n). Works on log intensities, log(I) = -OD."""
+    def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), into ``out`` if given. Works on log(I) = -OD."""
         log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
         weight = (log_rgb.amin(dim=1, keepdim=True) * (-1.0 / (high - low))).sub_(low / (high - low)).clamp_(0, 1)
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
@@ -130,7 +130,8 @@ def stain_jitter(
             minus_delta = (mix[images] @ -shifts[images].unsqueeze(-1)) * weight  # (b, 3, n)
         minus_delta.baddbmm_(scale[images], log_rgb)
         # Bounded so that exp() stays finite; anything above 30 saturates to white anyway.
-        return (minus_delta.clamp_(max=30.0).exp_() * pixels).clamp_(0.0, 1.0)
+        transmittance = minus_delta.clamp_(max=30.0).exp_()
+        return torch.mul(transmittance, pixels, out=out).clamp_(0.0, 1.0)
 
     flat = rgb.flatten(2)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, stains, factors, shifts))
@@ -142,7 +143,7 @@ def stain_jitter(
     for b in range(batch):
         for start in range(0, flat.shape[2], CPU_BLOCK):
             block = (slice(b, b + 1), slice(None), slice(start, start + CPU_BLOCK))
-            out[block] = jitter_pixels(flat[block], block[0])
+            jitter_pixels(flat[block], block[0], out=out[block])
     return out.view(rgb.shape)
 
 

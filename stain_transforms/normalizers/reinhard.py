@@ -15,6 +15,12 @@ class ReinhardNormalize(StainNormalizer):
     the original method, are mapped onto the target's. Fitting on many references takes the median
     of their per-image means and standard deviations.
 
+    Args:
+        luminosity_threshold: pixels with lightness L*/100 at or above this are background (used
+            only to decide whether an image has enough tissue to be normalized).
+        min_tissue_fraction: images with less tissue than this, and single-colour images, are
+            returned unchanged.
+
     Example:
         >>> import numpy as np
         >>> from stain_transforms.testing import synthetic_tissue
@@ -27,8 +33,8 @@ class ReinhardNormalize(StainNormalizer):
 
     statistics = ("mean", "std")
 
-    def __init__(self, **kwargs: float) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, luminosity_threshold: float = 0.8, min_tissue_fraction: float = 0.01) -> None:
+        super().__init__(luminosity_threshold=luminosity_threshold, min_tissue_fraction=min_tissue_fraction)
         self.register_buffer("target_mean", torch.zeros(3, dtype=torch.float64))
         self.register_buffer("target_std", torch.ones(3, dtype=torch.float64))
 
