@@ -13,6 +13,10 @@ from stain_transforms.testing import synthetic_tissue
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One thread: results do not depend on the thread count, and OpenMP's barriers make torch many times
+# slower on a small machine that is busy with other work. Tests never measure speed.
+torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("STAIN_TRANSFORMS_DATA", REPO.parent / "shared" / "data"))

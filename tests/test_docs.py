@@ -51,7 +51,8 @@ def test_page_code_runs(page: Path, tmp_path: Path) -> None:
             pytest.skip(f"{page_id(page)} needs {library}, which is not installed")
     script = tmp_path / "page.py"
     script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # One torch thread: on a CPU shared with other jobs, thread barriers make small examples far slower.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
     )
