@@ -48,7 +48,7 @@ def demo_methods(references: list[np.ndarray]) -> dict:
     from .hub import list_weights
 
     if any(entry["name"] == DEMO_STAINNET for entry in list_weights()):
-        methods["StainNet (MITOS)"] = st.StainNetNormalize.from_pretrained(DEMO_STAINNET)
+        methods["StainNet (Aperio->Hamamatsu)"] = st.StainNetNormalize.from_pretrained(DEMO_STAINNET)
     return methods
 
 

@@ -18,12 +18,16 @@ from .distill import (
     validation_fidelity,
     validation_psnr,
 )
+from .staingan import ImagePool, StainGANConfig, StainGANResult, train_staingan, translate_pairs
 
 __all__ = [
     "DistillConfig",
     "DistillResult",
+    "ImagePool",
     "PairSet",
     "PairedImageDataset",
+    "StainGANConfig",
+    "StainGANResult",
     "UnpairedImageDataset",
     "colour_pairs",
     "distill",
@@ -31,6 +35,8 @@ __all__ = [
     "pairs_from_teacher",
     "read_shifts",
     "split_names",
+    "train_staingan",
+    "translate_pairs",
     "validation_fidelity",
     "validation_psnr",
 ]
