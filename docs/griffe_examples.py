@@ -14,7 +14,7 @@ from typing import Any
 import griffe
 
 # "Example:" alone on its line (any indentation), optionally followed by spaces.
-EXAMPLE_HEADER = re.compile(r"^(\s*)Example:[ \t]*$", re.M)
+EXAMPLE_HEADER = re.compile(r"^(\s*)Example:[ \t]*$", re.MULTILINE)
 
 
 class ExampleSections(griffe.Extension):

@@ -113,7 +113,7 @@ def blank(side: int) -> np.ndarray:
 def grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     """Tiles of equal size in rows, with white gutters; shorter rows are padded with white."""
     width = max(len(row) for row in rows)
-    height, side = rows[0][0].shape[:2]
+    height = rows[0][0].shape[0]
     lines = []
     for row in rows:
         cells = row + [np.full_like(row[0], 255)] * (width - len(row))

@@ -37,7 +37,14 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``train-staingan`` (CycleGAN on two unpaired folders) to ``subparsers``."""
+    """Add ``train-staingan`` (CycleGAN on two unpaired folders) to ``subparsers``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> p = add_train_staingan_parser(parser.add_subparsers())
+        >>> parser.parse_args(["train-staingan", "--source", "a", "--target", "b", "--out", "c"]).ngf
+        64
+    """
     p = subparsers.add_parser(
         "train-staingan",
         help="train a StainGAN (CycleGAN) on two unpaired folders",
@@ -126,7 +133,12 @@ def load_teacher(spec: str, references: list[str] | None = None, device: str | t
     - ``reinhard``, ``macenko``, ``vahadane``: the classical normalizer fitted on ``references``;
     - a ``.safetensors`` file written by a normalizer's ``save``;
     - a ``.pth`` CycleGAN generator checkpoint (``latest_net_G_A.pth``) or official StainNet checkpoint;
-    - a ``save_pretrained`` folder, a bundled weights name, or a Hub id of a StainGAN or StainNet.
+    - a ``save_pretrained`` folder, a bundled weights name, or a Hub id of a StainGAN or StainNet
+      (a StainGAN comes wrapped in ``StainGANNormalize``, which tiles large images).
+
+    Example:
+        >>> type(load_teacher("staingan-mitos-aperio-to-hamamatsu")).__name__
+        'StainGANNormalize'
     """
     from ..cli import build_normalizer
     from ..models import StainGANGenerator, StainNet
@@ -156,7 +168,14 @@ def load_teacher(spec: str, references: list[str] | None = None, device: str | t
 
 
 def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``distill`` (train a StainNet from a teacher) to ``subparsers``."""
+    """Add ``distill`` (train a StainNet from a teacher) to ``subparsers``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> p = add_distill_parser(parser.add_subparsers())
+        >>> parser.parse_args(["distill", "--source", "a", "--targets", "b", "--out", "c"]).recipe
+        'fast'
+    """
     p = subparsers.add_parser(
         "distill",
         help="distil a StainNet from a teacher (StainGAN, normalizer, teacher outputs or registered targets)",

@@ -42,7 +42,12 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(batch: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) or (3, H, W) float tensor in [0, 1] -> (B, H, W, 3) or (H, W, 3) uint8 array, rounded."""
+    """(B, 3, H, W) or (3, H, W) float tensor in [0, 1] -> (B, H, W, 3) or (H, W, 3) uint8 array, rounded.
+
+    Example:
+        >>> to_uint8(torch.full((3, 1, 2), 0.5)).tolist()
+        [[[128, 128, 128], [128, 128, 128]]]
+    """
     out = batch.detach().float().clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu()
     return out.movedim(-3, -1).numpy()
 
@@ -131,7 +136,15 @@ def split_names(
 
 
 class ImageCache:
-    """Images of one folder read once, by file name."""
+    """Images of one folder read once, by file name.
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> d = tempfile.mkdtemp()
+        >>> PIL.Image.new("RGB", (4, 4), "red").save(Path(d, "a.png"))
+        >>> ImageCache(d)[0][0, 0].tolist()
+        [255, 0, 0]
+    """
 
     def __init__(self, folder: str | Path, names: Sequence[str] | None = None) -> None:
         self.folder = Path(folder)
@@ -210,6 +223,16 @@ class PairedImageDataset(Dataset):
         border: pixels cut from every side of both images before cropping (what a shift wrapped round).
 
     Items are ``(source, paired)`` CHW float32 tensors in [0, 1].
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> d = tempfile.mkdtemp()
+        >>> for sub in ("src", "tgt"):
+        ...     _ = Path(d, sub).mkdir()
+        ...     PIL.Image.new("RGB", (16, 16), "pink").save(Path(d, sub, "x.png"))
+        >>> source, target = PairedImageDataset(Path(d, "src"), Path(d, "tgt"), crop_size=8)[0]
+        >>> source.shape, target.shape
+        (torch.Size([3, 8, 8]), torch.Size([3, 8, 8]))
     """
 
     def __init__(

@@ -67,6 +67,10 @@ class DistillConfig:
         pixel_batch: fast recipe: (source, teacher) colour pairs per step.
         fast_lr: fast recipe: peak Adam learning rate.
         val_every_steps: fast recipe: validate every this many steps (and after the last).
+
+    Example:
+        >>> DistillConfig(recipe="paper").batch_size, DistillConfig().pixel_batch
+        (10, 8192)
     """
 
     recipe: str = "fast"
@@ -103,7 +107,13 @@ class DistillConfig:
 
 @dataclass
 class PairSet:
-    """Source images and the teacher's output for each, HWC uint8, with their file names."""
+    """Source images and the teacher's output for each, HWC uint8, with their file names.
+
+    Example:
+        >>> img = np.zeros((4, 4, 3), np.uint8)
+        >>> PairSet(["a", "b"], [img, img], [img, img]).subset(["b"]).names
+        ['b']
+    """
 
     names: list[str]
     sources: list[np.ndarray]
@@ -143,6 +153,16 @@ def pairs_from_folders(
         names: the file names to use (default: every image of ``source_dir``).
         shifts: file name -> ``(dy, dx)`` rolled into the paired image (registration, e.g. ``pairs.csv``).
         border: pixels cut from every side of both images (what the shifts wrapped round).
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for sub in ("src", "out"):
+        ...     _ = (d / sub).mkdir()
+        ...     PIL.Image.new("RGB", (16, 16), "pink").save(d / sub / "x.png")
+        >>> pairs = pairs_from_folders(d / "src", d / "out", border=2)
+        >>> pairs.names, pairs.sources[0].shape
+        (['x.png'], (12, 12, 3))
     """
     dataset = PairedImageDataset(source_dir, paired_dir, names, crop_size=None, flip=False, shifts=shifts, border=border)
     sources, teachers = zip(*(dataset.pair(i) for i in range(len(dataset))))
@@ -158,6 +178,12 @@ def teacher_function(teacher: Any) -> Teacher:
     A ``StainGANGenerator`` is applied with its ``translate`` (any image size); a fitted
     ``stain_transforms`` normalizer or transform, a ``StainNet`` or any other callable that maps
     [0, 1] batches to [0, 1] batches is called as is.
+
+    Example:
+        >>> from stain_transforms.models import StainGANGenerator
+        >>> g = StainGANGenerator(ngf=4, n_blocks=1)
+        >>> teacher_function(g) == g.translate
+        True
     """
     translate = getattr(teacher, "translate", None)
     if callable(translate):
@@ -180,6 +206,14 @@ def pairs_from_teacher(
 
     The teacher sees whole images (as the paper's StainGAN did); its outputs are rounded to uint8,
     as saved outputs would be, and then ``border`` pixels are cut from every side.
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> PIL.Image.new("RGB", (8, 8), (200, 100, 150)).save(d / "x.png")
+        >>> pairs = pairs_from_teacher(d, lambda x: 1 - x, progress=False)
+        >>> pairs.teachers[0][0, 0].tolist()
+        [55, 155, 105]
     """
     apply = teacher_function(teacher)
     if isinstance(teacher, nn.Module):
@@ -232,19 +266,37 @@ def colour_pairs(pairs: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def student_outputs(model: StainNet, sources: Sequence[np.ndarray], device: str | torch.device = "cpu") -> list[np.ndarray]:
-    """The model's uint8 output for each HWC uint8 source image."""
+    """The model's uint8 output for each HWC uint8 source image.
+
+    Example:
+        >>> student_outputs(StainNet(), [np.zeros((4, 4, 3), np.uint8)])[0].shape
+        (4, 4, 3)
+    """
     model.eval()
     return [to_uint8(model(to_tensor(s)[None].to(device))[0]) for s in sources]
 
 
 def validation_psnr(model: StainNet, pairs: PairSet, device: str | torch.device = "cpu") -> float:
-    """Mean PSNR (dB, over images) of the model's uint8 outputs against the teacher's."""
+    """Mean PSNR (dB, over images) of the model's uint8 outputs against the teacher's.
+
+    Example:
+        >>> img = np.full((4, 4, 3), 128, np.uint8)
+        >>> validation_psnr(StainNet(), PairSet(["a"], [img], [img])) > 0
+        True
+    """
     outputs = student_outputs(model, pairs.sources, device)
     return float(np.mean([psnr_target(o, t) for o, t in zip(outputs, pairs.teachers)]))
 
 
 def validation_fidelity(model: StainNet, pairs: PairSet, device: str | torch.device = "cpu") -> Fidelity:
-    """The paper's three metrics of the model's outputs, with the teacher's outputs as targets."""
+    """The paper's three metrics of the model's outputs, with the teacher's outputs as targets.
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> img = synthetic_tissue(32)
+        >>> 0 < validation_fidelity(StainNet(), PairSet(["a"], [img], [img])).ssim_source <= 1
+        True
+    """
     outputs = student_outputs(model, pairs.sources, device)
     return mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, pairs.teachers, pairs.sources)])
 
@@ -393,7 +445,12 @@ def _train_fast(model: StainNet, train: PairSet, tracker: _Tracker, config: Dist
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, or CUDA when available, else CPU."""
+    """``device``, or CUDA when available, else CPU.
+
+    Example:
+        >>> default_device("cpu")
+        device(type='cpu')
+    """
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

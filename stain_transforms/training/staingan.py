@@ -339,7 +339,12 @@ class _Trainer:
 
 @torch.no_grad()
 def translate_pairs(generator: StainGANGenerator, sources: list[np.ndarray], device: torch.device | str = "cpu") -> list[np.ndarray]:
-    """The generator's uint8 output for each HWC uint8 image (whole images, no tiling)."""
+    """The generator's uint8 output for each HWC uint8 image (whole images, no tiling).
+
+    Example:
+        >>> translate_pairs(StainGANGenerator(ngf=4, n_blocks=1), [np.zeros((8, 8, 3), np.uint8)])[0].shape
+        (8, 8, 3)
+    """
     generator.eval()
     return [to_uint8(generator.translate(to_tensor(s)[None].to(device))[0]) for s in sources]
 
@@ -386,6 +391,18 @@ def train_staingan(
     Raises:
         ValueError: for bad settings, empty folders, images smaller than the crop, or a checkpoint
             that does not match the architecture.
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for sub, scale in (("he_a", 1.0), ("he_b", 1.4)):
+        ...     _ = (d / sub).mkdir()
+        ...     PIL.Image.fromarray(synthetic_tissue(32, stain_scale=scale)).save(d / sub / "x.png")
+        >>> config = StainGANConfig(ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=0, crop_size=16, progress=False)
+        >>> result = train_staingan(d / "he_a", d / "he_b", d / "run", config)
+        >>> sorted(p.name for p in (d / "run").iterdir())
+        ['README.md', 'checkpoints', 'config.json', 'inverse', 'model.safetensors', 'samples', 'training_log.json']
     """
     config = config or StainGANConfig()
     out_dir = Path(out_dir)
