@@ -102,6 +102,12 @@ class StainGANConfig:
             raise ValueError("epochs and epochs_decay must be non-negative, with at least one epoch in all")
         if self.crop_size % 4:
             raise ValueError(f"crop_size must be a multiple of 4 (the generator downsamples twice), got {self.crop_size}")
+        smallest = 3 * 2**self.n_layers_d  # the discriminator's last normalised layer needs 2x2 pixels
+        if self.crop_size < smallest:
+            raise ValueError(
+                f"crop_size {self.crop_size} is too small for a discriminator with {self.n_layers_d} stride-2 layers; "
+                f"use at least {smallest} (or fewer n_layers_d)"
+            )
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.pool_size < 0 or self.lambda_cycle < 0 or self.lambda_identity < 0:
@@ -399,7 +405,7 @@ def train_staingan(
         >>> for sub, scale in (("he_a", 1.0), ("he_b", 1.4)):
         ...     _ = (d / sub).mkdir()
         ...     PIL.Image.fromarray(synthetic_tissue(32, stain_scale=scale)).save(d / sub / "x.png")
-        >>> config = StainGANConfig(ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=0, crop_size=16, progress=False)
+        >>> config = StainGANConfig(ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=0, crop_size=24, progress=False)
         >>> result = train_staingan(d / "he_a", d / "he_b", d / "run", config)
         >>> sorted(p.name for p in (d / "run").iterdir())
         ['README.md', 'checkpoints', 'config.json', 'inverse', 'model.safetensors', 'samples', 'training_log.json']
@@ -452,10 +458,11 @@ def train_staingan(
                 bar.set_postfix({k: f"{v / done:.3f}" for k, v in sums.items()}, refresh=False)
                 if done == steps:
                     break
+        lr = trainer.opt_g.param_groups[0]["lr"]  # the rate this epoch ran at
         for schedule in trainer.schedules:
             schedule.step()
         seconds = elapsed_before + time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "seconds": seconds, "lr": trainer.opt_g.param_groups[0]["lr"], **{k: v / steps for k, v in sums.items()}})
+        history.append({"epoch": epoch + 1, "seconds": seconds, "lr": lr, **{k: v / steps for k, v in sums.items()}})
         trainer.sample_grid(samples_source, samples_target, out_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
         _atomic_save(trainer.state(epoch + 1, history), checkpoint_path)
         epochs_done = epoch + 1
