@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from _transforms import NORMALIZERS, fitted_normalizer
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -15,30 +14,6 @@ import stain_transforms
 import stain_transforms.models
 from stain_transforms import HEDJitter
 from stain_transforms.testing import synthetic_tissue
-
-NORMALIZERS = ["ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "StainNetNormalize", "StainGANNormalize"]
-
-
-@functools.cache
-def _fitted(name: str) -> stain_transforms.StainTransform:
-    klass = getattr(stain_transforms, name, None)
-    if klass is None:
-        raise LookupError(name)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        if name == "StainNetNormalize":  # untrained but deterministic models: adapters only pass data through
-            return klass(stain_transforms.models.StainNet(), backend="conv")
-        if name == "StainGANNormalize":
-            return klass(stain_transforms.models.StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
-    return klass().fit([synthetic_tissue(64, seed=s) for s in range(3)])
-
-
-def fitted_normalizer(name: str) -> stain_transforms.StainTransform:
-    """A ready core normalizer of each method (the same object for every test: never modify it)."""
-    try:
-        return _fitted(name)
-    except LookupError:
-        pytest.skip(f"stain_transforms.{name} is not available")
 
 
 def every_transform() -> list[str]:
