@@ -211,24 +211,27 @@ def table(rows: list[Row], names: list[str], title: str) -> str:
 
 
 def panel(rows: list[Row], data: Data, names: list[str], path: Path) -> None:
+    """One row per method (source and target first), one column per example pair."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("source", data.source), ("target (shifted)", data.target)] + [(r.label, r.outputs) for r in rows[1:]]
-    fig, axes = plt.subplots(len(names), len(columns), figsize=(1.6 * len(columns), 1.75 * len(names)), squeeze=False)
-    for i, name in enumerate(names):
-        for j, (label, images) in enumerate(columns):
+    methods = [("source", data.source), ("target (shifted)", data.target)] + [(r.label, r.outputs) for r in rows[1:]]
+    fig, axes = plt.subplots(len(methods), len(names), figsize=(1.5 * len(names) + 1.6, 1.5 * len(methods)), squeeze=False)
+    for i, (label, images) in enumerate(methods):
+        for j, name in enumerate(names):
             ax = axes[i, j]
             ax.imshow(crop_border(images[name], BORDER))
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
-                ax.set_title(label, fontsize=6, wrap=True)
+                ax.set_title(f"slide {data.slide[name]}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"slide {data.slide[name]}", fontsize=7)
+                ax.set_ylabel(textwrap.fill(label, 22), fontsize=6.5, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
