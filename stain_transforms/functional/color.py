@@ -6,6 +6,8 @@ All functions are pure, batched and device-agnostic. Optical density (OD) uses w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 # Darkest intensity that still has a finite optical density: 1/255, one uint8 grey level.
@@ -31,6 +33,27 @@ _RGB_FROM_WHITE_XYZ = torch.linalg.inv(_WHITE_XYZ_FROM_RGB)
 LAB_FROM_F = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]], dtype=torch.float64)
 LAB_OFFSET = torch.tensor([-16.0, 0.0, 0.0], dtype=torch.float64)
 _F_FROM_LAB = torch.linalg.inv(LAB_FROM_F)
+
+
+_CAST_CACHE: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def cast_like(constant: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A module-level constant in ``like``'s dtype and device, converted once and then cached.
+
+    On a small image, re-converting a dozen float64 constants per call costs as much as a
+    full-resolution pass. Only for constants that live as long as the program (the key is their id).
+
+    Example:
+        >>> x = torch.zeros(2, dtype=torch.float32)
+        >>> cast_like(LAB_OFFSET, x).dtype, cast_like(LAB_OFFSET, x) is cast_like(LAB_OFFSET, x)
+        (torch.float32, True)
+    """
+    key = (id(constant), like.dtype, like.device)
+    cached = _CAST_CACHE.get(key)
+    if cached is None:
+        cached = _CAST_CACHE[key] = constant.to(like)
+    return cached
 
 
 def channel_matmul(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,18 +115,52 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
     return od_to_rgb(channel_matmul(hed, RGB_FROM_HED.T * _HED_LOG_ADJUST))
 
 
-def _power(x: torch.Tensor, exponent: float) -> torch.Tensor:
-    """``x ** exponent`` for x >= 0, as exp(log) because torch's CPU pow is several times slower."""
-    return torch.log(x).mul_(exponent).exp_()
+def _power_(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``x ** exponent`` in place, for x >= 0, as exp(log): torch's CPU pow is several times slower."""
+    return x.log_().mul_(exponent).exp_()
 
 
-def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    return torch.where(rgb > 0.04045, _power((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
+def _apply_curve_(x: torch.Tensor, threshold: float, curve_: Callable[[torch.Tensor], torch.Tensor], toe: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Overwrite ``x`` with ``curve_(x)`` (which works in place) where x > threshold, and ``toe(x)`` elsewhere.
+
+    The sRGB and CIE curves have a short linear toe for very dark values, which stained tissue
+    rarely reaches, so the masking is skipped when no value is that dark: on a 512x512 image a
+    full-image select costs more than the curve itself.
+    """
+    if x.numel() == 0 or x.amin() > threshold:
+        return curve_(x)
+    dark = x <= threshold
+    toe_values = toe(x[dark])
+    curve_(x)[dark] = toe_values
+    return x
 
 
-def _linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
-    lin = lin.clamp(min=0.0)
-    return torch.where(lin > 0.0031308, 1.055 * _power(lin, 1 / 2.4) - 0.055, lin * 12.92)
+def _srgb_to_linear_(rgb: torch.Tensor) -> torch.Tensor:
+    return _apply_curve_(rgb, 0.04045, lambda v: _power_(v.add_(0.055).div_(1.055), 2.4), lambda v: v / 12.92)
+
+
+def _linear_to_srgb_(lin: torch.Tensor) -> torch.Tensor:
+    curve_ = lambda v: _power_(v, 1 / 2.4).mul_(1.055).sub_(0.055)  # noqa: E731
+    return _apply_curve_(lin, 0.0031308, curve_, lambda v: v * 12.92)  # negatives take the toe
+
+
+def _lab_f_(t: torch.Tensor) -> torch.Tensor:
+    """CIE's f(t), in place: the cube root, with a linear toe below (6/29)^3."""
+    return _apply_curve_(t, 0.008856, lambda v: _power_(v, 1 / 3), lambda v: 7.787 * v + 16 / 116)
+
+
+def _lab_f_to_rgb_(f: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """:func:`lab_f_to_rgb` that overwrites ``f`` with the result and uses ``scratch`` (same shape) for XYZ.
+
+    Reusing the two buffers saves two image-sized allocations, which on the CPU cost as much as the
+    arithmetic (each fresh page faults in).
+    """
+    xyz = torch.mul(f, f, out=scratch).mul_(f)
+    if f.numel() and f.amin() <= 0.2068966:  # the linear toe of f's inverse (L* < 8)
+        dark = f <= 0.2068966
+        xyz[dark] = (f[dark] - 16 / 116) / 7.787
+    torch.matmul(cast_like(_RGB_FROM_WHITE_XYZ, f), xyz.flatten(2), out=f.flatten(2))
+    return _linear_to_srgb_(f).clamp_(0.0, 1.0)
 
 
 def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
@@ -117,8 +174,13 @@ def rgb_to_lab_f(rgb: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose(lab, rgb_to_lab(rgb))
         True
     """
-    xyz = channel_matmul(_srgb_to_linear(rgb), _WHITE_XYZ_FROM_RGB)
-    return torch.where(xyz > 0.008856, _power(xyz.clamp(min=0.0), 1 / 3), 7.787 * xyz + 16 / 116)
+    return _rgb_to_lab_f_and_spare(rgb)[0]
+
+
+def _rgb_to_lab_f_and_spare(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rgb_to_lab_f`, plus the (free) buffer that held linear RGB, for the caller to reuse."""
+    linear = _srgb_to_linear_(rgb.clone())
+    return _lab_f_(channel_matmul(linear, cast_like(_WHITE_XYZ_FROM_RGB, linear))), linear
 
 
 def lab_f_to_rgb(f: torch.Tensor) -> torch.Tensor:
@@ -129,8 +191,7 @@ def lab_f_to_rgb(f: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose(lab_f_to_rgb(rgb_to_lab_f(rgb)), rgb)
         True
     """
-    xyz = torch.where(f > 0.2068966, f**3, (f - 16 / 116) / 7.787)
-    return _linear_to_srgb(channel_matmul(xyz, _RGB_FROM_WHITE_XYZ)).clamp(0.0, 1.0)
+    return _lab_f_to_rgb_(f.clone(), scratch=torch.empty_like(f))
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import torch
 
-from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, lab_f_to_rgb, rgb_to_lab_f
+from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, _lab_f_to_rgb_, _rgb_to_lab_f_and_spare, cast_like, rgb_to_lab_f
 
 # A channel with a smaller standard deviation than this (in Lab units) is treated as flat.
 MIN_STD = 1e-3
 
 
-def _lab_statistics_from_f(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _centre_and_measure_(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's Lab mean and standard deviation (B, 3) each, from f; f is centred in place on the way."""
     flat = f.flatten(2)
     n = flat.shape[-1]
     f_mean = flat.mean(dim=2)
-    centred = flat - f_mean[..., None]
+    centred = flat.sub_(f_mean[..., None])
     f_cov = centred @ centred.transpose(1, 2) / max(n - 1, 1)
-    to_lab = LAB_FROM_F.to(f)
-    lab_mean = f_mean @ to_lab.T + LAB_OFFSET.to(f)
+    to_lab = cast_like(LAB_FROM_F, f)
+    lab_mean = f_mean @ to_lab.T + cast_like(LAB_OFFSET, f)
     lab_var = torch.einsum("ck,bkl,cl->bc", to_lab, f_cov, to_lab)
     return lab_mean, lab_var.clamp(min=0).sqrt()
 
@@ -38,7 +39,7 @@ def lab_statistics(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> torch.allclose(lab_statistics(rgb)[0], mean) and torch.allclose(lab_statistics(rgb)[1], std)
         True
     """
-    return _lab_statistics_from_f(rgb_to_lab_f(rgb))
+    return _centre_and_measure_(rgb_to_lab_f(rgb))
 
 
 def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
@@ -52,13 +53,13 @@ def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: 
         >>> torch.allclose(reinhard_transfer(rgb, mean[0], std[0]), rgb)
         True
     """
-    f = rgb_to_lab_f(rgb)
-    mean, std = _lab_statistics_from_f(f)
+    f, spare = _rgb_to_lab_f_and_spare(rgb)
+    mean, std = _centre_and_measure_(f)
     scale = target_std.to(f) / std.clamp(min=MIN_STD)  # (B, 3)
-    # lab' = scale * (lab - mean) + target_mean, with lab = K f + o, so f' = K^-1 diag(scale) K f + bias.
-    to_lab, from_lab = LAB_FROM_F.to(f), _F_FROM_LAB.to(f)
+    # lab' = scale * (lab - mean) + target_mean with lab = K f + o, so on centred f:
+    # f' = K^-1 diag(scale) K (f - f_mean) + K^-1 (target_mean - o).
+    to_lab, from_lab, offset = cast_like(LAB_FROM_F, f), cast_like(_F_FROM_LAB, f), cast_like(LAB_OFFSET, f)
     matrix = from_lab @ (scale[..., None] * to_lab)
-    lab_bias = LAB_OFFSET.to(f) * scale - mean * scale + target_mean.to(f)
-    bias = (lab_bias - LAB_OFFSET.to(f)) @ from_lab.T
-    f_out = torch.baddbmm(bias[..., None], matrix, f.flatten(2)).view_as(f)
-    return lab_f_to_rgb(f_out)
+    bias = (target_mean.to(f) - offset) @ from_lab.T
+    torch.baddbmm(bias.expand(f.shape[0], 3)[..., None], matrix, f.flatten(2), out=spare.flatten(2))
+    return _lab_f_to_rgb_(spare, scratch=f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import _power, _srgb_to_linear
+from .color import _lab_f_, _srgb_to_linear_
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
@@ -17,9 +17,19 @@ def luminosity(rgb: torch.Tensor) -> torch.Tensor:
         >>> luminosity(torch.ones(1, 3, 2, 2)).flatten().tolist()  # white
         [1.0, 1.0, 1.0, 1.0]
     """
-    linear = _srgb_to_linear(rgb)
-    y = 0.212671 * linear[:, 0] + 0.715160 * linear[:, 1] + 0.072169 * linear[:, 2]
-    return torch.where(y > 0.008856, 1.16 * _power(y.clamp(min=0.008856), 1 / 3) - 0.16, 9.033 * y)
+    return _lab_f_(_relative_luminance(rgb)).mul_(1.16).sub_(0.16)
+
+
+def _relative_luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """CIE Y (white = 1) of a (B, 3, H, W) sRGB batch, shape (B, H, W)."""
+    linear = _srgb_to_linear_(rgb.clone())
+    return linear[:, 0].mul_(0.212671).add_(linear[:, 1], alpha=0.715160).add_(linear[:, 2], alpha=0.072169)
+
+
+def _luminance_below(lightness: float) -> float:
+    """The CIE Y under which L*/100 is below ``lightness``: L* = 116 f(Y) - 16, inverted."""
+    f = (100.0 * lightness + 16.0) / 116.0
+    return f**3 if f > 6 / 29 else (f - 16 / 116) / 7.787
 
 
 def tissue_mask(rgb: torch.Tensor, luminosity_threshold: float = 0.8) -> torch.Tensor:
@@ -34,7 +44,8 @@ def tissue_mask(rgb: torch.Tensor, luminosity_threshold: float = 0.8) -> torch.T
         1
     """
     not_black = rgb.amax(dim=1) >= BLACK_LEVEL
-    return (luminosity(rgb) < luminosity_threshold) & not_black
+    # L* is increasing in Y, so compare Y with the threshold's Y and skip the cube root.
+    return (_relative_luminance(rgb) < _luminance_below(luminosity_threshold)) & not_black
 
 
 def has_enough_tissue(mask: torch.Tensor, min_fraction: float, min_pixels: int = 16) -> torch.Tensor:

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..base import StainTransform
-from ..io import _to_output_dtype, _wrap_like
+from ..io import _to_output_dtype_, _wrap_like
 from ..models.stainnet import StainNet
 
 BACKENDS = ("auto", "conv", "lut")
@@ -198,7 +198,7 @@ class StainNetNormalize(StainTransform):
                     for row in range(0, plane.shape[0], _CHUNK):
                         out = model.forward_pixels(plane[row : row + _CHUNK].to(dtype)).to(torch.float32)
                         start = blue * plane.shape[0] + row
-                        table[start : start + _CHUNK] = _to_output_dtype(out, torch.uint8)  # as io rounds back
+                        table[start : start + _CHUNK] = _to_output_dtype_(out, torch.uint8)  # as io rounds back
         finally:
             torch.set_num_threads(threads)
         return table
