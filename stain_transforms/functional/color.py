@@ -140,7 +140,7 @@ def _srgb_to_linear_(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_to_srgb_(lin: torch.Tensor) -> torch.Tensor:
-    curve_ = lambda v: _power_(v, 1 / 2.4).mul_(1.055).sub_(0.055)  # noqa: E731
+    curve_ = lambda v: _power_(v, 1 / 2.4).mul_(1.055).sub_(0.055)
     return _apply_curve_(lin, 0.0031308, curve_, lambda v: v * 12.92)  # negatives take the toe
 
 

@@ -54,9 +54,9 @@ def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: 
         True
     """
     f, spare = _rgb_to_lab_f_and_spare(rgb)
-    mean, std = _centre_and_measure_(f)
+    _, std = _centre_and_measure_(f)
     scale = target_std.to(f) / std.clamp(min=MIN_STD)  # (B, 3)
-    # lab' = scale * (lab - mean) + target_mean with lab = K f + o, so on centred f:
+    # lab' = scale * (lab - lab_mean) + target_mean with lab = K f + o, so on centred f:
     # f' = K^-1 diag(scale) K (f - f_mean) + K^-1 (target_mean - o).
     to_lab, from_lab, offset = cast_like(LAB_FROM_F, f), cast_like(_F_FROM_LAB, f), cast_like(LAB_OFFSET, f)
     matrix = from_lab @ (scale[..., None] * to_lab)
