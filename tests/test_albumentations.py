@@ -75,6 +75,12 @@ def test_serialisation_embeds_the_fitted_state(name, image, tmp_path):
     np.testing.assert_array_equal(again(image=image)["image"], core(image))
 
 
+def test_serialisation_keeps_the_settings(image):
+    core = stain_transforms.StainNetNormalize(fitted_normalizer("StainNetNormalize").model, backend="conv")
+    restored = A.from_dict(A.to_dict(A.Compose([sta.StainNetNormalize(normalizer=core)])))
+    assert restored.transforms[0].normalizer.backend == "conv"
+
+
 def test_serialisation_keeps_a_saved_file_by_path(image, tmp_path):
     core = fitted_normalizer("MacenkoNormalize")
     saved = core.save(tmp_path / "macenko.safetensors")

@@ -80,6 +80,16 @@ class StainNetNormalize(StainTransform):
         self._tables: dict[torch.device, tuple[bytes, torch.Tensor]] = {}
         self._digest: tuple[tuple, bytes] | None = None
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments other than the model.
+
+        Example:
+            >>> StainNetNormalize(StainNet(), backend="conv").config
+            {'backend': 'conv'}
+        """
+        return {"backend": self.backend}
+
     # -- loading and saving ------------------------------------------------------------------
 
     @classmethod
