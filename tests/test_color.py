@@ -22,6 +22,16 @@ def test_lab_matches_skimage(rgb):
     np.testing.assert_allclose(to_hwc(rgb_to_lab(rgb)), expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("low", [0.0, 0.25], ids=["with dark pixels", "no dark pixels"])
+def test_lab_both_ways_match_skimage_with_and_without_the_dark_toe(rgb, low):
+    # The curves patch in their linear toe only when some value reaches it: check both paths.
+    rgb = low + (1 - low) * rgb
+    lab = rgb_to_lab(rgb)
+    np.testing.assert_allclose(to_hwc(lab), np.stack([skcolor.rgb2lab(img) for img in to_hwc(rgb)]), atol=1e-3)
+    back = np.stack([skcolor.lab2rgb(img) for img in to_hwc(lab)])
+    np.testing.assert_allclose(to_hwc(lab_to_rgb(lab)), back, atol=1e-6)
+
+
 def test_lab_roundtrip(rgb):
     torch.testing.assert_close(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-6, rtol=0)
 
