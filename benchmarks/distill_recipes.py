@@ -1,0 +1,131 @@
+"""Which supervision makes the best StainNet for slides it has never seen? Leave-one-slide-out on MITOS.
+
+``benchmarks/fidelity.py`` scores one StainNet recipe (the provided CycleGAN outputs as teacher).
+This script compares several, each distilled with the fast recipe on the other three slides and
+scored on the held-out one, with the per-slide PSNR that shows where a per-pixel colour map cannot
+follow a slide:
+
+- ``cyclegan``: the provided CycleGAN outputs (``cyclegan_fake_hamamatsu/``), the paper's teacher;
+- ``registered``: the real Hamamatsu scans, shifted by ``pairs.csv`` (paired supervision);
+- ``cyclegan+registered``: both, as two pairs per patch;
+- ``registered+reverse``: the real Hamamatsu scans paired with the reverse CycleGAN's Aperio-like
+  rendering of them (``cyclegan_fake_aperio/``), which is aligned by construction, plus the registered pairs;
+- ``cyclegan+registered, 8 channels``: the same with a narrower (smoother) network.
+
+For reference it also scores the CycleGAN outputs themselves and the official checkpoint (both
+trained on MITOS by others, on all slides). Each fold keeps its best checkpoint on a 20% split of
+its training patches (split by patch, so that no patch is on both sides).
+
+    python benchmarks/distill_recipes.py [--threads 1] [--steps 1500]
+
+About 2-3 minutes per recipe on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fidelity import BORDER, OFFICIAL, Data, Row, default_data, folder_row, score, stainnet_transform, summarise  # noqa: E402
+from stain_transforms.models import StainNet  # noqa: E402
+from stain_transforms.training import DistillConfig, distill, pairs_from_folders, split_names  # noqa: E402
+from stain_transforms.training.distill import PairSet  # noqa: E402
+
+# recipe -> (supervision sources, StainNet width)
+RECIPES = {
+    "cyclegan": (("cyclegan",), 32),
+    "registered": (("registered",), 32),
+    "cyclegan+registered": (("cyclegan", "registered"), 32),
+    "registered+reverse": (("registered", "reverse"), 32),
+    "cyclegan+registered, 8 channels": (("cyclegan", "registered"), 8),
+}
+
+
+def supervision(kind: str, data: Data, names: list[str]) -> PairSet:
+    root = data.root
+    if kind == "cyclegan":
+        return pairs_from_folders(root / "aperio", root / "cyclegan_fake_hamamatsu", names)
+    if kind == "registered":
+        return pairs_from_folders(root / "aperio", root / "hamamatsu", names, data.shifts, BORDER)
+    if kind == "reverse":
+        return pairs_from_folders(root / "cyclegan_fake_aperio", root / "hamamatsu", names)
+    raise ValueError(kind)
+
+
+def combined(sets: dict[str, PairSet]) -> PairSet:
+    """One PairSet of several, its names ``kind:patch`` (so that a split can follow the patch)."""
+    names, sources, teachers = [], [], []
+    for kind, pairs in sets.items():
+        names += [f"{kind}:{name}" for name in pairs.names]
+        sources += pairs.sources
+        teachers += pairs.teachers
+    return PairSet(names, sources, teachers)
+
+
+def recipe_row(label: str, kinds: tuple[str, ...], width: int, data: Data, steps: int, seed: int) -> Row:
+    row = Row(label)
+    for slide in data.slides:
+        train, test = data.fold(slide)
+        pairs = combined({kind: supervision(kind, data, train) for kind in kinds})
+        fit_patches, val_patches = (set(s) for s in split_names(train, 0.2, seed=seed))
+        patch = lambda name: name.split(":", 1)[1]  # noqa: E731
+        config = DistillConfig(steps=steps, seed=seed, n_channel=width, progress=False)
+        result = distill(
+            pairs.subset([n for n in pairs.names if patch(n) in fit_patches]),
+            pairs.subset([n for n in pairs.names if patch(n) in val_patches]),
+            config,
+        )
+        row.run(stainnet_transform(result.model), data.images(test))
+    return row
+
+
+def line(row: Row, data: Data) -> str:
+    overall = summarise(row, data.names)
+    per_slide = [summarise(row, data.fold(slide)[1])["psnr_target"] for slide in data.slides]
+    cells = [f"{overall['ssim_target']:.3f}", f"{overall['psnr_target']:.2f}", f"{overall['ssim_source']:.3f}"]
+    return f"| {row.label} | " + " | ".join(cells + [f"{p:.2f}" for p in per_slide]) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=default_data())
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=DistillConfig.steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    args = parser.parse_args(argv)
+    root = args.data / "mitos_atypia14_pairs"
+    if not root.is_dir():
+        print(f"data not found at {root}; set STAIN_TRANSFORMS_DATA or pass --data", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    data = Data(root)
+    header = "| StainNet supervision (LOSO) | SSIM target | PSNR target (dB) | SSIM source | " + " | ".join(
+        f"PSNR slide {s}" for s in data.slides) + " |"
+    print(header)
+    print("|---" * (4 + len(data.slides)) + "|", flush=True)
+    references = [folder_row("CycleGAN outputs (teacher; trained on all slides)", root / "cyclegan_fake_hamamatsu", data, "")]
+    official = args.data / OFFICIAL
+    if official.is_file():
+        references.append(Row("official checkpoint (trained on MITOS by its authors)"))
+        references[-1].run(stainnet_transform(StainNet.from_official_checkpoint(official)), data.source)
+    for row in references:
+        score(row, data)
+        print(line(row, data), flush=True)
+    for label in args.recipes:
+        kinds, width = RECIPES[label]
+        row = recipe_row(label, kinds, width, data, args.steps, args.seed)
+        score(row, data)
+        print(line(row, data), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    raise SystemExit(main())
