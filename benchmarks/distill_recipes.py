@@ -58,27 +58,16 @@ def supervision(kind: str, data: Data, names: list[str]) -> PairSet:
     raise ValueError(kind)
 
 
-def combined(sets: dict[str, PairSet]) -> PairSet:
-    """One PairSet of several, its names ``kind:patch`` (so that a split can follow the patch)."""
-    names, sources, teachers = [], [], []
-    for kind, pairs in sets.items():
-        names += [f"{kind}:{name}" for name in pairs.names]
-        sources += pairs.sources
-        teachers += pairs.teachers
-    return PairSet(names, sources, teachers)
-
-
 def recipe_row(label: str, kinds: tuple[str, ...], width: int, data: Data, steps: int, seed: int) -> Row:
     row = Row(label)
     for slide in data.slides:
         train, test = data.fold(slide)
-        pairs = combined({kind: supervision(kind, data, train) for kind in kinds})
-        fit_patches, val_patches = (set(s) for s in split_names(train, 0.2, seed=seed))
-        patch = lambda name: name.split(":", 1)[1]  # noqa: E731
+        parts = {kind: supervision(kind, data, train) for kind in kinds}
+        fit, val = split_names(train, 0.2, seed=seed)  # by patch: a patch's pairs stay on one side
         config = DistillConfig(steps=steps, seed=seed, n_channel=width, progress=False)
         result = distill(
-            pairs.subset([n for n in pairs.names if patch(n) in fit_patches]),
-            pairs.subset([n for n in pairs.names if patch(n) in val_patches]),
+            PairSet.concat({kind: pairs.subset(fit) for kind, pairs in parts.items()}),
+            PairSet.concat({kind: pairs.subset(val) for kind, pairs in parts.items()}),
             config,
         )
         row.run(stainnet_transform(result.model), data.images(test))

@@ -281,25 +281,26 @@ def test_cli_train_staingan_then_distill_from_it(folders, tmp_path, capsys):
     assert summary["n_val"] == 1 and summary["out_dir"] == str(net) and (net / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("teacher", ["outputs", "targets", "reinhard", "bundled"])
+@pytest.mark.parametrize("teacher", ["outputs", "targets", "outputs+targets", "reinhard", "bundled"])
 def test_cli_distill_teacher_variants(folders, tmp_path, capsys, teacher):
     args = ["distill", "--source", str(folders["source"]), "--out", str(tmp_path / "net"), "--steps", "200",
             "--val-groups", "b", "--group-pattern", r"slide(\w)_", "--no-progress"]
-    if teacher == "outputs":
+    if "outputs" in teacher:
         args += ["--teacher-outputs", str(folders["teacher"])]
-    elif teacher == "targets":
+    if "targets" in teacher:
         args += ["--targets", str(folders["targets"]), "--shift-csv", str(folders["csv"]), "--border", "2"]
-    elif teacher == "reinhard":
+    if teacher == "reinhard":
         args += ["--teacher", "reinhard", "--reference", str(folders["other"])]
-    else:
+    elif teacher == "bundled":
         args += ["--teacher", "staingan-mitos-aperio-to-hamamatsu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "StainNet saved to" in out and "validation (3 images, against the teacher)" in out
     psnr = float(out.split("PSNR ")[1].split(" dB")[0])
     # Reinhard's and StainGAN's maps depend on each image's content, so one colour map only approximates them.
-    assert psnr > (28 if teacher in ("outputs", "targets") else 20)
-    if teacher in ("outputs", "targets"):  # the same colour map behind both: the registered targets were aligned
+    paired = teacher in ("outputs", "targets", "outputs+targets")
+    assert psnr > (28 if paired else 20)
+    if paired:  # the same colour map behind both: the registered targets were aligned
         model = StainNet.from_pretrained(tmp_path / "net")
         source = np.asarray(PIL.Image.open(folders["source"] / "slideb_0.png"))
         out_image = (model(torch.tensor(source).permute(2, 0, 1)[None] / 255)[0].permute(1, 2, 0) * 255).round().byte().numpy()
@@ -312,6 +313,9 @@ def test_cli_distill_rejects_bad_combinations(folders, tmp_path, capsys):
     assert "--shift-csv applies to --targets only" in capsys.readouterr().err
     assert main(["distill", "--source", str(folders["source"]), "--teacher", "no-such-model", "--out", str(tmp_path / "x")]) == 2
     assert "no-such-model" in capsys.readouterr().err
+    for teachers in ([], ["--teacher", "reinhard", "--targets", str(folders["targets"])]):
+        assert main(["distill", "--source", str(folders["source"]), *teachers, "--out", str(tmp_path / "x")]) == 2
+        assert "give either --teacher, or --teacher-outputs and/or --targets" in capsys.readouterr().err
 
 
 # -- the weights we ship --------------------------------------------------------------------------

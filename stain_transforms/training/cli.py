@@ -184,14 +184,17 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
         "'--recipe paper' is the paper's SGD recipe on image crops.",
     )
     p.add_argument("--source", required=True, help="folder of source-domain images")
-    teacher = p.add_mutually_exclusive_group(required=True)
-    teacher.add_argument(
+    p.add_argument(
         "--teacher", metavar="NAME_OR_PATH",
         help="applied to the sources on the fly: reinhard/macenko/vahadane (with --reference), a saved normalizer "
         "(.safetensors), a StainGAN or StainNet folder, .pth checkpoint, bundled name or Hub id",
     )
-    teacher.add_argument("--teacher-outputs", metavar="DIR", help="folder of the teacher's outputs, same file names as --source")
-    teacher.add_argument("--targets", metavar="DIR", help="folder of registered target images, same file names (paired supervision)")
+    p.add_argument("--teacher-outputs", metavar="DIR", help="folder of the teacher's outputs, same file names as --source")
+    p.add_argument(
+        "--targets", metavar="DIR",
+        help="folder of registered target images, same file names (paired supervision); may be combined with "
+        "--teacher-outputs, which gives each source image both as targets",
+    )
     p.add_argument("--reference", nargs="+", metavar="PATH", help="target-domain images or folders to fit a classical --teacher on")
     p.add_argument("--shift-csv", help="with --targets: CSV with pair,shift_dy,shift_dx rolled into the targets")
     p.add_argument("--border", type=int, default=0, help="pixels cut from every side of both images (default: %(default)s)")
@@ -220,9 +223,11 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_distill(args: argparse.Namespace) -> int:
     from .datasets import read_shifts, split_names
-    from .distill import DistillConfig, default_device, distill, pairs_from_folders, pairs_from_teacher
+    from .distill import DistillConfig, PairSet, default_device, distill, pairs_from_folders, pairs_from_teacher
 
     _set_threads(args)
+    if bool(args.teacher) == bool(args.teacher_outputs or args.targets):
+        raise ValueError("give either --teacher, or --teacher-outputs and/or --targets")
     if args.shift_csv and not args.targets:
         raise ValueError("--shift-csv applies to --targets only")
     config = DistillConfig(
@@ -233,17 +238,25 @@ def run_distill(args: argparse.Namespace) -> int:
     device = default_device(args.device)
     names = [p.name for p in list_images(args.source)]
     train_names, val_names = split_names(names, args.val_fraction, args.seed, args.val_groups, args.group_pattern)
+    parts: dict[str, PairSet] = {}
     if args.teacher:
         teacher = load_teacher(args.teacher, args.reference, device)
-        pairs = pairs_from_teacher(args.source, teacher, names, args.border, device, progress=not args.no_progress)
-        described = f"teacher {args.teacher} applied to the sources"
+        parts["teacher"] = pairs_from_teacher(args.source, teacher, names, args.border, device, progress=not args.no_progress)
+        described = [f"teacher {args.teacher} applied to the sources"]
     else:
-        folder = args.teacher_outputs or args.targets
-        shifts = read_shifts(args.shift_csv) if args.shift_csv else None
-        pairs = pairs_from_folders(args.source, folder, names, shifts, args.border)
-        described = f"{'teacher outputs' if args.teacher_outputs else 'registered targets'} in {folder}"
-    card = {"training_data": f"{len(train_names)} source images from {args.source}; {described}."}
-    result = distill(pairs.subset(train_names), pairs.subset(val_names) if val_names else None, config, args.out, card)
+        described = []
+        if args.teacher_outputs:
+            parts["teacher-outputs"] = pairs_from_folders(args.source, args.teacher_outputs, names, border=args.border)
+            described.append(f"teacher outputs in {args.teacher_outputs}")
+        if args.targets:
+            shifts = read_shifts(args.shift_csv) if args.shift_csv else None
+            parts["targets"] = pairs_from_folders(args.source, args.targets, names, shifts, args.border)
+            described.append(f"registered targets in {args.targets}")
+    # Split by source image, so that an image's pairs (one per kind of supervision) stay on one side.
+    train = PairSet.concat({kind: pairs.subset(train_names) for kind, pairs in parts.items()})
+    val = PairSet.concat({kind: pairs.subset(val_names) for kind, pairs in parts.items()}) if val_names else None
+    card = {"training_data": f"{len(train_names)} source images from {args.source}; {' and '.join(described)}."}
+    result = distill(train, val, config, args.out, card)
     if args.json:
         print(json.dumps(result.summary(), indent=2, default=str))
         return 0

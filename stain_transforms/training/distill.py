@@ -129,6 +129,23 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    @classmethod
+    def concat(cls, parts: dict[str, PairSet]) -> PairSet:
+        """Several PairSets as one, each pair named ``"<part>/<name>"``: e.g. teacher outputs plus registered targets.
+
+        Example:
+            >>> img = np.zeros((4, 4, 3), np.uint8)
+            >>> one = PairSet(["a"], [img], [img])
+            >>> PairSet.concat({"outputs": one, "targets": one}).names
+            ['outputs/a', 'targets/a']
+        """
+        names, sources, teachers = [], [], []
+        for part, pairs in parts.items():
+            names += [f"{part}/{name}" for name in pairs.names]
+            sources += pairs.sources
+            teachers += pairs.teachers
+        return cls(names, sources, teachers)
+
     def subset(self, names: Sequence[str]) -> PairSet:
         """The pairs of the given file names, in that order."""
         index = {n: i for i, n in enumerate(self.names)}
