@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import BORDER, OFFICIAL, Data, Row, default_data, folder_row, score, stainnet_transform, summarise  # noqa: E402
+from fidelity import BORDER, OFFICIAL, Data, Row, default_data, folder_row, open_pairs, score, stainnet_transform, summarise  # noqa: E402
 from stain_transforms.models import StainNet  # noqa: E402
 from stain_transforms.training import DistillConfig, distill, pairs_from_folders, split_names  # noqa: E402
 from stain_transforms.training.distill import PairSet  # noqa: E402
@@ -89,17 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args(argv)
-    root = args.data / "mitos_atypia14_pairs"
-    if not root.is_dir():
-        print(f"data not found at {root}; set STAIN_TRANSFORMS_DATA or pass --data", file=sys.stderr)
+    data = open_pairs(args.data)
+    if data is None:
         return 2
     torch.set_num_threads(args.threads)
-    data = Data(root)
     header = "| StainNet supervision (LOSO) | SSIM target | PSNR target (dB) | SSIM source | " + " | ".join(
         f"PSNR slide {s}" for s in data.slides) + " |"
     print(header)
     print("|---" * (4 + len(data.slides)) + "|", flush=True)
-    references = [folder_row("CycleGAN outputs (teacher; trained on all slides)", root / "cyclegan_fake_hamamatsu", data, "")]
+    references = [folder_row("CycleGAN outputs (teacher; trained on all slides)", data.root / "cyclegan_fake_hamamatsu", data, "")]
     official = args.data / OFFICIAL
     if official.is_file():
         references.append(Row("official checkpoint (trained on MITOS by its authors)"))

@@ -124,6 +124,15 @@ class Data:
         return {n: self.source[n] for n in names}
 
 
+def open_pairs(data_dir: Path) -> Data | None:
+    """The dev pairs of ``data_dir`` (the project's data folder), or None, with a message, when they are missing."""
+    root = data_dir / "mitos_atypia14_pairs"
+    if not root.is_dir():
+        print(f"data not found at {root}; set STAIN_TRANSFORMS_DATA or pass --data", file=sys.stderr)
+        return None
+    return Data(root)
+
+
 def score(row: Row, data: Data) -> None:
     for name in data.names:
         row.scores[name] = fidelity(*(crop_border(x, BORDER) for x in (row.outputs[name], data.target[name], data.source[name])))
@@ -247,13 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "fidelity", help="folder for tables, JSON and the PNG panel")
     args = parser.parse_args(argv)
 
-    root = args.data / "mitos_atypia14_pairs"
-    if not root.is_dir():
-        print(f"data not found at {root}; set STAIN_TRANSFORMS_DATA or pass --data", file=sys.stderr)
+    data = open_pairs(args.data)
+    if data is None:
         return 2
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = Data(root)
     config = DistillConfig(steps=args.steps, seed=args.seed, progress=False)
     registry = load_registry()
     print(f"{len(data.names)} pairs, slides {', '.join(data.slides)}; torch threads {args.threads}; "
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{method} ...", flush=True)
             rows.append(classical_paired_row(method, data))
             rows.append(classical_loso_row(method, data))
-    rows.append(folder_row("provided CycleGAN outputs (teacher)", root / "cyclegan_fake_hamamatsu", data,
+    rows.append(folder_row("provided CycleGAN outputs (teacher)", data.root / "cyclegan_fake_hamamatsu", data,
                            "trained on MITOS by others (all slides); no timing"))
     generator = None
     if "staingan" not in args.skip:
