@@ -115,8 +115,18 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
     return od_to_rgb(channel_matmul(hed, RGB_FROM_HED.T * _HED_LOG_ADJUST))
 
 
+def _tracked(x: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``x``: then the in-place helpers below work out of place."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def _power_(x: torch.Tensor, exponent: float) -> torch.Tensor:
-    """``x ** exponent`` in place, for x >= 0, as exp(log): torch's CPU pow is several times slower."""
+    """``x ** exponent`` in place, for x >= 0, as exp(log): torch's CPU pow is several times slower.
+
+    Under autograd, a new tensor that callers may still modify in place.
+    """
+    if _tracked(x):
+        return torch.exp(torch.log(x) * exponent).clone()  # exp's backward needs its own output intact
     return x.log_().mul_(exponent).exp_()
 
 
@@ -127,6 +137,8 @@ def _apply_curve_(x: torch.Tensor, threshold: float, curve_: Callable[[torch.Ten
     rarely reaches, so the masking is skipped when no value is that dark: on a 512x512 image a
     full-image select costs more than the curve itself.
     """
+    if _tracked(x):
+        return torch.where(x > threshold, curve_(x.clone()), toe(x))
     if x.numel() == 0 or x.amin() > threshold:
         return curve_(x)
     dark = x <= threshold
@@ -153,13 +165,17 @@ def _lab_f_to_rgb_(f: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """:func:`lab_f_to_rgb` that overwrites ``f`` with the result and uses ``scratch`` (same shape) for XYZ.
 
     Reusing the two buffers saves two image-sized allocations, which on the CPU cost as much as the
-    arithmetic (each fresh page faults in).
+    arithmetic (each fresh page faults in). Under autograd it works out of place.
     """
+    to_rgb = cast_like(_RGB_FROM_WHITE_XYZ, f)
+    if _tracked(f):
+        xyz = torch.where(f > 0.2068966, f * f * f, (f - 16 / 116) / 7.787)
+        return _linear_to_srgb_(channel_matmul(xyz, to_rgb)).clamp(0.0, 1.0)
     xyz = torch.mul(f, f, out=scratch).mul_(f)
     if f.numel() and f.amin() <= 0.2068966:  # the linear toe of f's inverse (L* < 8)
         dark = f <= 0.2068966
         xyz[dark] = (f[dark] - 16 / 116) / 7.787
-    torch.matmul(cast_like(_RGB_FROM_WHITE_XYZ, f), xyz.flatten(2), out=f.flatten(2))
+    torch.matmul(to_rgb, xyz.flatten(2), out=f.flatten(2))
     return _linear_to_srgb_(f).clamp_(0.0, 1.0)
 
 

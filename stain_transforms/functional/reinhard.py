@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, _lab_f_to_rgb_, _rgb_to_lab_f_and_spare, cast_like, rgb_to_lab_f
+from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, _lab_f_to_rgb_, _rgb_to_lab_f_and_spare, _tracked, cast_like, rgb_to_lab_f
 
 # A channel with a smaller standard deviation than this (in Lab units) is treated as flat.
 MIN_STD = 1e-3
@@ -61,5 +61,8 @@ def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: 
     to_lab, from_lab, offset = cast_like(LAB_FROM_F, f), cast_like(_F_FROM_LAB, f), cast_like(LAB_OFFSET, f)
     matrix = from_lab @ (scale[..., None] * to_lab)
     bias = (target_mean.to(f) - offset) @ from_lab.T
-    torch.baddbmm(bias.expand(f.shape[0], 3)[..., None], matrix, f.flatten(2), out=spare.flatten(2))
+    bias = bias.expand(f.shape[0], 3)[..., None]
+    if _tracked(f):  # autograd: no out= buffers
+        return _lab_f_to_rgb_(torch.baddbmm(bias, matrix, f.flatten(2)).view_as(f), scratch=spare)
+    torch.baddbmm(bias, matrix, f.flatten(2), out=spare.flatten(2))
     return _lab_f_to_rgb_(spare, scratch=f)
