@@ -36,21 +36,12 @@ import torch
 from albumentations.core.transforms_interface import ImageOnlyTransform
 
 from . import augment
-from .base import StainTransform
+from .base import StainTransform, transform_class
 from .functional.hed import SHIFT_RAMP
 
 # A normalizer passed as an object is embedded in A.to_dict() only up to this many numbers; a
 # larger one (a StainGAN generator) must be referenced by weights= or by a saved file's path.
 MAX_EMBEDDED_NUMBERS = 100_000
-
-
-def _core_class(name: str) -> type[StainTransform]:
-    import stain_transforms
-
-    klass = getattr(stain_transforms, name, None)
-    if not (isinstance(klass, type) and issubclass(klass, StainTransform)):
-        raise ValueError(f"stain_transforms has no transform named {name!r}")
-    return klass
 
 
 def _tensors_to_spec(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -117,7 +108,7 @@ def transform_from_spec(spec: dict[str, Any]) -> StainTransform:
     from . import models
 
     try:
-        klass, config = _core_class(spec["class"]), spec["config"]
+        klass, config = transform_class(spec["class"]), spec["config"]
         if "model" in spec:
             model = getattr(models, spec["model"]["class"])(**spec["model"]["config"])
             model.load_state_dict(_tensors_from_spec(spec["model"]["state"]))
@@ -139,7 +130,7 @@ class _NormalizeWrapper(ImageOnlyTransform):
         self.normalizer, self._reference = self._resolve(normalizer)
 
     def _resolve(self, normalizer: Any) -> tuple[StainTransform, dict[str, Any] | str | None]:
-        klass = _core_class(self.core)
+        klass = transform_class(self.core)
         if isinstance(normalizer, (str, Path)):
             # A file is what a normalizer's save() wrote; a name or folder is for from_pretrained().
             if hasattr(klass, "load") and (Path(normalizer).is_file() or not hasattr(klass, "from_pretrained")):

@@ -71,3 +71,18 @@ class StainTransform(v2.Transform):
         class example.
         """
         raise NotImplementedError
+
+
+def transform_class(name: str) -> type[StainTransform]:
+    """The public stain_transforms transform class called ``name`` (how the adapters name their core).
+
+    Example:
+        >>> transform_class("HEDJitter").__name__
+        'HEDJitter'
+    """
+    import stain_transforms  # the package imports this module: look it up at call time
+
+    klass = getattr(stain_transforms, name, None)
+    if not (isinstance(klass, type) and issubclass(klass, StainTransform)):
+        raise ValueError(f"stain_transforms has no transform named {name!r}")
+    return klass

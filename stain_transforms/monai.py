@@ -41,7 +41,7 @@ from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from . import augment
-from .base import StainTransform
+from .base import StainTransform, transform_class
 from .functional.hed import SHIFT_RAMP
 
 _BACKEND = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -61,15 +61,6 @@ def _channel_first(img: Any, apply: Callable[[torch.Tensor], torch.Tensor]) -> A
     raise ValueError(f"expected a channel-first tensor, MetaTensor or numpy array, got {type(img).__name__}")
 
 
-def _core_class(name: str) -> type[StainTransform]:
-    import stain_transforms
-
-    klass = getattr(stain_transforms, name, None)
-    if not (isinstance(klass, type) and issubclass(klass, StainTransform)):
-        raise ValueError(f"stain_transforms has no transform named {name!r}")
-    return klass
-
-
 class _Normalize(Transform):
     """Base of the normalizer array transforms; subclasses name their core class in ``core``."""
 
@@ -77,7 +68,7 @@ class _Normalize(Transform):
     core = ""
 
     def __init__(self, normalizer: StainTransform | None = None) -> None:
-        klass = _core_class(self.core)
+        klass = transform_class(self.core)
         if not isinstance(normalizer, klass):
             raise ValueError(
                 f"{type(self).__name__} needs normalizer=, a {klass.__name__}, got {type(normalizer).__name__}"
@@ -96,7 +87,7 @@ class _ModelNormalize(_Normalize):
     def __init__(self, normalizer: StainTransform | None = None, weights: str | None = None) -> None:
         if (normalizer is None) == (weights is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of normalizer= and weights=")
-        super().__init__(normalizer if weights is None else _core_class(self.core).from_pretrained(weights))
+        super().__init__(normalizer if weights is None else transform_class(self.core).from_pretrained(weights))
 
 
 class ReinhardNormalize(_Normalize):
@@ -178,15 +169,31 @@ class _Normalized(MapTransform):
     backend = _BACKEND
     array_transform: type[_Normalize] = _Normalize
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = self.array_transform(**kwargs)
+        self.transform = self.array_transform(normalizer=normalizer)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key])
         return d
+
+
+class _ModelNormalized(_Normalized):
+    """A normalizer dictionary transform that can also load its model by ``weights=``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        normalizer: StainTransform | None = None,
+        weights: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.transform = self.array_transform(normalizer=normalizer, weights=weights)
 
 
 class ReinhardNormalized(_Normalized):
@@ -204,11 +211,6 @@ class ReinhardNormalized(_Normalized):
 
     array_transform = ReinhardNormalize
 
-    def __init__(
-        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
-    ):
-        super().__init__(keys, allow_missing_keys, normalizer=normalizer)
-
 
 class MacenkoNormalized(_Normalized):
     """:class:`MacenkoNormalize` on the entries ``keys`` of a dictionary.
@@ -224,11 +226,6 @@ class MacenkoNormalized(_Normalized):
     """
 
     array_transform = MacenkoNormalize
-
-    def __init__(
-        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
-    ):
-        super().__init__(keys, allow_missing_keys, normalizer=normalizer)
 
 
 class VahadaneNormalized(_Normalized):
@@ -246,13 +243,8 @@ class VahadaneNormalized(_Normalized):
 
     array_transform = VahadaneNormalize
 
-    def __init__(
-        self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
-    ):
-        super().__init__(keys, allow_missing_keys, normalizer=normalizer)
 
-
-class StainNetNormalized(_Normalized):
+class StainNetNormalized(_ModelNormalized):
     """:class:`StainNetNormalize` on the entries ``keys`` of a dictionary.
 
     Example:
@@ -265,17 +257,8 @@ class StainNetNormalized(_Normalized):
 
     array_transform = StainNetNormalize
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        normalizer: StainTransform | None = None,
-        weights: str | None = None,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys, normalizer=normalizer, weights=weights)
 
-
-class StainGANNormalized(_Normalized):
+class StainGANNormalized(_ModelNormalized):
     """:class:`StainGANNormalize` on the entries ``keys`` of a dictionary.
 
     Example:
@@ -287,15 +270,6 @@ class StainGANNormalized(_Normalized):
     """
 
     array_transform = StainGANNormalize
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        normalizer: StainTransform | None = None,
-        weights: str | None = None,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys, normalizer=normalizer, weights=weights)
 
 
 class RandHEDJitter(RandomizableTransform):

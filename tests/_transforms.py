@@ -12,6 +12,7 @@ import stain_transforms.models
 from stain_transforms.testing import synthetic_tissue
 
 NORMALIZERS = ["ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "StainNetNormalize", "StainGANNormalize"]
+TRANSFORMS = (*NORMALIZERS, "HEDJitter")  # every public transform
 
 
 @functools.cache

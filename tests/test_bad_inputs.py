@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _transforms import TRANSFORMS
 
 import stain_transforms
 import stain_transforms.models
@@ -39,14 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- what is tested ------------------------------------------------------------------------------
 
-TRANSFORMS = (
-    "ReinhardNormalize",
-    "MacenkoNormalize",
-    "VahadaneNormalize",
-    "StainNetNormalize",
-    "StainGANNormalize",
-    "HEDJitter",
-)
 ADAPTERS = {
     "core": "core / torchvision v2 (`stain_transforms.X`), given a CHW tensor",
     "albumentations": "albumentations (`stain_transforms.albumentations.X` in `A.Compose`), given an HWC array",

@@ -14,20 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from _transforms import TRANSFORMS
 from torch.utils.data import DataLoader, Dataset
 
 import stain_transforms
 import stain_transforms.models
 from stain_transforms.testing import synthetic_tissue
 
-TRANSFORMS = (
-    "ReinhardNormalize",
-    "MacenkoNormalize",
-    "VahadaneNormalize",
-    "StainNetNormalize",
-    "StainGANNormalize",
-    "HEDJitter",
-)
 THREADS = 4
 ROUNDS = 3  # each image is transformed this many times, interleaved across the threads
 

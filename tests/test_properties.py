@@ -17,6 +17,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from _transforms import TRANSFORMS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +25,6 @@ import stain_transforms
 import stain_transforms.models
 from stain_transforms.testing import synthetic_tissue
 
-TRANSFORMS = (
-    "ReinhardNormalize",
-    "MacenkoNormalize",
-    "VahadaneNormalize",
-    "StainNetNormalize",
-    "StainGANNormalize",
-    "HEDJitter",
-)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 FORMS = ("numpy HWC uint8", "tensor CHW uint8", "tensor BCHW uint8", "tensor CHW float32", "tensor BCHW float64")
 MAX_SIDE = 40
