@@ -1,7 +1,10 @@
 """Colour-space conversions on (B, 3, H, W) float tensors in [0, 1].
 
-All functions are pure, batched and device-agnostic. Optical density (OD) uses white = 1.0
-(255 in uint8), the Beer-Lambert convention of Macenko et al. (2009) and Vahadane et al. (2016).
+All functions are pure, batched and device-agnostic. Internally the curves work in place on their
+own buffers; when autograd tracks the input they work out of place instead, so gradients flow.
+
+Optical density (OD) uses white = 1.0 (255 in uint8), the Beer-Lambert convention of Macenko et al.
+(2009) and Vahadane et al. (2016).
 """
 
 from __future__ import annotations
