@@ -10,6 +10,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .base import StainTransform
+from .functional.color import cast_like
 from .functional.hed import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
 from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
@@ -285,7 +286,7 @@ class HEDJitter(StainTransform):
             return macenko_stain_matrix(batch)
         if self.basis == "vahadane":
             return vahadane_stain_matrix(batch)
-        return RUIFROK_STAINS.to(batch)
+        return cast_like(RUIFROK_STAINS, batch)
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         factors, shifts, apply = (params[name].to(batch.device) for name in ("factors", "shifts", "apply"))
@@ -294,11 +295,14 @@ class HEDJitter(StainTransform):
             factors, shifts, apply = (t.expand(batch.shape[0], *t.shape[1:]) for t in (factors, shifts, apply))
         if not bool(apply.any()):
             return batch
-        chosen = batch if bool(apply.all()) else batch[apply]
+        every_image = bool(apply.all())
+        chosen = batch
+        if not every_image:  # boolean indexing copies, so it is skipped when every image is jittered
+            chosen, factors, shifts = batch[apply], factors[apply], shifts[apply]
         stains = self._stains(chosen)
         k = stains.shape[-1]
-        jittered = stain_jitter(chosen, stains, factors[apply][:, :k], shifts[apply][:, :k], self.shift_ramp)
-        if chosen is batch:
+        jittered = stain_jitter(chosen, stains, factors[:, :k], shifts[:, :k], self.shift_ramp)
+        if every_image:
             return jittered
         out = batch.clone()
         out[apply] = jittered

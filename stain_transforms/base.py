@@ -23,6 +23,10 @@ def _is_plain_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) or is_pure_tensor(x)
 
 
+def _is_image(x: Any) -> bool:
+    return isinstance(x, (tv_tensors.Image, PIL.Image.Image)) or _is_plain_array(x)
+
+
 class StainTransform(v2.Transform):
     """A v2 transform that accepts numpy HWC, CHW/BCHW tensors and PIL images, and returns the same.
 
@@ -59,6 +63,14 @@ class StainTransform(v2.Transform):
             else:
                 needs.append(False)
         return needs
+
+    def forward(self, *inputs: Any) -> Any:
+        if len(inputs) == 1 and _is_image(inputs[0]):
+            # One bare image, the usual call inside a dataset: v2's pytree round trip would cost as much
+            # as normalizing a small tile, and it does nothing here. Same result as the general path.
+            self.check_inputs(list(inputs))
+            return self.transform(inputs[0], self.make_params(list(inputs)))
+        return super().forward(*inputs)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         batch, restore = to_batch(inpt)

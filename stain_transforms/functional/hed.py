@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import torch
 
-from .color import _HED_LOG_ADJUST, MIN_INTENSITY, RGB_FROM_HED
+from .color import _HED_LOG_ADJUST, MIN_INTENSITY, RGB_FROM_HED, cast_like
 
 # Columns: the Ruifrok & Johnston OD vectors of haematoxylin, eosin and DAB (as in scikit-image).
 RUIFROK_STAINS = RGB_FROM_HED.T.contiguous()
+_RUIFROK_UNMIX = torch.linalg.inv(RUIFROK_STAINS)
 
 # Optical densities (in the most absorbed channel) between which the shift fades in: 0.05 is a
 # transmission of 95% (a uint8 grey level of 242, bright glass), 0.25 of 78% (pale stained tissue).
 SHIFT_RAMP = (0.05, 0.25)
 
-# On a CPU, images are processed in blocks of this many pixels, which keeps the intermediate
-# results in cache; on a GPU the whole batch is one block.
-CPU_BLOCK = 2**15
+# On a CPU, images are processed in blocks of this many pixels per thread, which keeps the
+# intermediate results in cache; on a GPU the whole batch is one block.
+CPU_BLOCK_PER_THREAD = 2**15
 
 
 def _per_sample(value: torch.Tensor, batch: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -54,6 +55,13 @@ def _check_ramp(ramp: tuple[float, float]) -> tuple[float, float]:
     if not 0.0 <= low < high:
         raise ValueError(f"ramp must be (low, high) optical densities with 0 <= low < high, got {ramp}")
     return low, high
+
+
+def _unmixing(stains: torch.Tensor) -> torch.Tensor:
+    """The least-squares unmixing matrix (..., k, 3) of a (..., 3, k) basis; Ruifrok's, the usual one, is precomputed."""
+    if stains.ndim == 2 and stains.shape == (3, 3) and torch.equal(stains, cast_like(RUIFROK_STAINS, stains)):
+        return cast_like(_RUIFROK_UNMIX, stains)
+    return torch.linalg.pinv(stains)
 
 
 def shift_weight(od: torch.Tensor, ramp: tuple[float, float] = SHIFT_RAMP) -> torch.Tensor:
@@ -95,40 +103,43 @@ def stain_jitter(
         True
     """
     batch = rgb.shape[0]
-    if stains.ndim == 2:
-        stains = stains.unsqueeze(0).expand(batch, *stains.shape)
-    if stains.ndim != 3 or stains.shape[0] != batch or stains.shape[1] != 3 or not 1 <= stains.shape[2] <= 3:
+    shape_ok = stains.ndim in (2, 3) and stains.shape[-2] == 3 and 1 <= stains.shape[-1] <= 3
+    if not shape_ok or (stains.ndim == 3 and stains.shape[0] != batch):
         raise ValueError(f"stains must have shape (3, k) or ({batch}, 3, k) with k <= 3, got {tuple(stains.shape)}")
-    k = stains.shape[2]
+    stains = stains.to(rgb)
+    k = stains.shape[-1]
     factors = _per_sample(factors.to(rgb), batch, "factors", (k,))
     shifts = _per_sample(shifts.to(rgb), batch, "shifts", (k,))
-    stains = stains.to(rgb)
 
     low, high = _check_ramp(ramp)
     # Concentrations by least squares (the exact inverse for a 3x3 basis), in skimage's HED units.
-    unmix = torch.linalg.pinv(stains) / _HED_LOG_ADJUST  # (B, k, 3)
-    mix = stains * _HED_LOG_ADJUST  # (B, 3, k)
+    unmix = _unmixing(stains) / _HED_LOG_ADJUST  # (B, k, 3) or, for one shared basis, (k, 3)
+    mix = (stains * _HED_LOG_ADJUST).expand(batch, 3, k)
     # Scaling is one 3x3 matrix per image on the OD: mix @ diag(f - 1) @ unmix.
     scale = mix @ ((factors - 1.0).unsqueeze(-1) * unmix)
     scaled_unmix = factors.unsqueeze(-1) * unmix
     negative = bool((shifts < 0).any())
+    # With m the smallest log-intensity of a pixel (minus its largest OD), clamped into [-high, -low],
+    # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
+    slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
+    offset = low * slope
 
     def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
         """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), into ``out`` if given. Works on log(I) = -OD."""
         log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
-        weight = (log_rgb.amin(dim=1, keepdim=True) * (-1.0 / (high - low))).sub_(low / (high - low)).clamp_(0, 1)
+        m = log_rgb.amin(dim=1, keepdim=True).clamp(-high, -low)  # (amin's backward needs its output)
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
         # exact for unit factors and zero shifts, and colour outside the basis (the residual when
-        # k < 3) is kept. ``minus_delta`` is -dOD, built in place.
+        # k < 3) is kept. ``minus_delta`` is -dOD.
         if negative:
             # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
             # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
             floor = torch.bmm(scaled_unmix[images], log_rgb).clamp_(max=0.0)
+            weight = m.add_(low).mul_(-1.0 / (high - low))
             shift = (weight * shifts[images].unsqueeze(-1)).clamp_(min=floor)
-            minus_delta = torch.bmm(-mix[images], shift)
+            minus_delta = torch.bmm(-mix[images], shift).baddbmm_(scale[images], log_rgb)
         else:
-            minus_delta = (mix[images] @ -shifts[images].unsqueeze(-1)) * weight  # (b, 3, n)
-        minus_delta.baddbmm_(scale[images], log_rgb)
+            minus_delta = torch.baddbmm(offset[images], scale[images], log_rgb).addcmul_(m, slope[images])
         # Bounded so that exp() stays finite; anything above 30 saturates to white anyway.
         transmittance = minus_delta.clamp_(max=30.0).exp_()
         return torch.mul(transmittance, pixels, out=out).clamp_(0.0, 1.0)
@@ -138,11 +149,12 @@ def stain_jitter(
     if rgb.device.type != "cpu" or needs_grad:
         return jitter_pixels(flat, slice(None)).view(rgb.shape)
     # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
-    # work image by image, in blocks of CPU_BLOCK pixels.
+    # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread.
     out = torch.empty_like(flat)
+    block_size = CPU_BLOCK_PER_THREAD * torch.get_num_threads()
     for b in range(batch):
-        for start in range(0, flat.shape[2], CPU_BLOCK):
-            block = (slice(b, b + 1), slice(None), slice(start, start + CPU_BLOCK))
+        for start in range(0, flat.shape[2], block_size):
+            block = (slice(b, b + 1), slice(None), slice(start, start + block_size))
             jitter_pixels(flat[block], block[0], out=out[block])
     return out.view(rgb.shape)
 

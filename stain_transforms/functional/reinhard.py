@@ -16,17 +16,18 @@ from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, _lab_f_to_rgb_, _rgb_to_
 MIN_STD = 1e-3
 
 
-def _centre_and_measure_(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's Lab mean and standard deviation (B, 3) each, from f; f is centred in place on the way."""
+def _centre_(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's mean (B, 3, 1) and covariance (B, 3, 3) of f; f is centred in place on the way."""
     flat = f.flatten(2)
-    n = flat.shape[-1]
-    f_mean = flat.mean(dim=2)
-    centred = flat.sub_(f_mean[..., None])
-    f_cov = centred @ centred.transpose(1, 2) / max(n - 1, 1)
-    to_lab = cast_like(LAB_FROM_F, f)
-    lab_mean = f_mean @ to_lab.T + cast_like(LAB_OFFSET, f)
-    lab_var = torch.einsum("ck,bkl,cl->bc", to_lab, f_cov, to_lab)
-    return lab_mean, lab_var.clamp(min=0).sqrt()
+    f_mean = flat.mean(dim=2, keepdim=True)
+    centred = flat.sub_(f_mean)
+    return f_mean, torch.bmm(centred, centred.transpose(1, 2)).div_(max(flat.shape[-1] - 1, 1))
+
+
+def _lab_std(f_cov: torch.Tensor) -> torch.Tensor:
+    """Lab standard deviations (B, 3) from f's covariance: the diagonal of K C K^T, with lab = K f + o."""
+    to_lab = cast_like(LAB_FROM_F, f_cov)
+    return ((to_lab @ f_cov) * to_lab).sum(dim=-1).clamp(min=0).sqrt()
 
 
 def lab_statistics(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +40,9 @@ def lab_statistics(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> torch.allclose(lab_statistics(rgb)[0], mean) and torch.allclose(lab_statistics(rgb)[1], std)
         True
     """
-    return _centre_and_measure_(rgb_to_lab_f(rgb))
+    f_mean, f_cov = _centre_(rgb_to_lab_f(rgb))
+    lab_mean = (cast_like(LAB_FROM_F, f_mean) @ f_mean).squeeze(-1) + cast_like(LAB_OFFSET, f_mean)
+    return lab_mean, _lab_std(f_cov)
 
 
 def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
@@ -54,14 +57,13 @@ def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: 
         True
     """
     f, spare = _rgb_to_lab_f_and_spare(rgb)
-    _, std = _centre_and_measure_(f)
-    scale = target_std.to(f) / std.clamp(min=MIN_STD)  # (B, 3)
+    _, f_cov = _centre_(f)
+    scale = target_std.to(f) / _lab_std(f_cov).clamp(min=MIN_STD)  # (B, 3)
     # lab' = scale * (lab - lab_mean) + target_mean with lab = K f + o, so on centred f:
     # f' = K^-1 diag(scale) K (f - f_mean) + K^-1 (target_mean - o).
     to_lab, from_lab, offset = cast_like(LAB_FROM_F, f), cast_like(_F_FROM_LAB, f), cast_like(LAB_OFFSET, f)
     matrix = from_lab @ (scale[..., None] * to_lab)
-    bias = (target_mean.to(f) - offset) @ from_lab.T
-    bias = bias.expand(f.shape[0], 3)[..., None]
+    bias = (from_lab @ (target_mean.to(f) - offset)[..., None]).expand(f.shape[0], 3, 1)
     if _tracked(f):  # autograd: no out= buffers
         return _lab_f_to_rgb_(torch.baddbmm(bias, matrix, f.flatten(2)).view_as(f), scratch=spare)
     torch.baddbmm(bias, matrix, f.flatten(2), out=spare.flatten(2))

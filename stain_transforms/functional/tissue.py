@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .color import _lab_f_, _srgb_to_linear_
+from .color import _lab_f_, _srgb_to_linear, cast_like
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
+# CIE Y of linear sRGB: the middle row of the sRGB -> XYZ matrix.
+_Y_FROM_LINEAR = torch.tensor([[0.212671, 0.715160, 0.072169]], dtype=torch.float64)
 
 
 def luminosity(rgb: torch.Tensor) -> torch.Tensor:
@@ -22,8 +24,8 @@ def luminosity(rgb: torch.Tensor) -> torch.Tensor:
 
 def _relative_luminance(rgb: torch.Tensor) -> torch.Tensor:
     """CIE Y (white = 1) of a (B, 3, H, W) sRGB batch, shape (B, H, W)."""
-    linear = _srgb_to_linear_(rgb.clone())
-    return linear[:, 0].mul_(0.212671).add_(linear[:, 1], alpha=0.715160).add_(linear[:, 2], alpha=0.072169)
+    linear = _srgb_to_linear(rgb)
+    return torch.matmul(cast_like(_Y_FROM_LINEAR, linear), linear.flatten(2)).view(linear[:, 0].shape)
 
 
 def _luminance_below(lightness: float) -> float:
@@ -57,5 +59,4 @@ def has_enough_tissue(mask: torch.Tensor, min_fraction: float, min_pixels: int =
         >>> has_enough_tissue(mask, min_fraction=0.1).tolist()
         [True, False]
     """
-    counts = mask.flatten(1).sum(dim=1)
-    return (counts >= min_pixels) & (counts >= min_fraction * mask[0].numel())
+    return mask.flatten(1).sum(dim=1) >= max(min_pixels, min_fraction * mask[0].numel())
