@@ -11,12 +11,12 @@ from .concentrations import (
 from .hed import hed_jitter, stain_jitter
 from .macenko import macenko_from_od, macenko_stain_matrix
 from .reinhard import lab_statistics, reinhard_transfer
-from .tissue import has_enough_tissue, luminosity, tissue_mask
+from .tissue import colour_range, has_enough_tissue, informative_images, is_informative, luminosity, tissue_mask
 from .vahadane import dictionary_learning, vahadane_from_od, vahadane_stain_matrix
 
 __all__ = [
     "rgb_to_od", "od_to_rgb", "rgb_to_lab", "lab_to_rgb", "rgb_to_hed", "hed_to_rgb",
-    "tissue_mask", "luminosity", "has_enough_tissue",
+    "tissue_mask", "luminosity", "has_enough_tissue", "colour_range", "is_informative", "informative_images",
     "lab_statistics", "reinhard_transfer",
     "least_squares_concentrations", "nnls_concentrations", "masked_quantile", "max_concentrations", "stain_transfer",
     "macenko_stain_matrix", "macenko_from_od",

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from .color import _F_FROM_LAB, LAB_FROM_F, LAB_OFFSET, _lab_f_to_rgb_, _rgb_to_lab_f_and_spare, _tracked, cast_like, rgb_to_lab_f
+from .color import (
+    _F_FROM_LAB,
+    LAB_FROM_F,
+    LAB_OFFSET,
+    _lab_f_to_rgb_,
+    _rgb_to_lab_f_and_spare,
+    _tracked,
+    cast_like,
+    rgb_to_lab_f,
+)
 
 # A channel with a smaller standard deviation than this (in Lab units) is treated as flat.
 MIN_STD = 1e-3

@@ -8,6 +8,11 @@ from .color import _lab_f_, _srgb_to_linear, cast_like
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
+# An image whose channels all span less than this is a single colour: there is no stain to normalize.
+MIN_COLOUR_RANGE = 2.0 / 255.0
+# Whether an image is worth normalizing is judged on a regular grid of about this many pixels:
+# plenty to measure a tissue fraction of a percent, and the same small cost at any tile size.
+CHECK_PIXELS = 4096
 # CIE Y of linear sRGB: the middle row of the sRGB -> XYZ matrix.
 _Y_FROM_LINEAR = torch.tensor([[0.212671, 0.715160, 0.072169]], dtype=torch.float64)
 
@@ -60,3 +65,43 @@ def has_enough_tissue(mask: torch.Tensor, min_fraction: float, min_pixels: int =
         [True, False]
     """
     return mask.flatten(1).sum(dim=1) >= max(min_pixels, min_fraction * mask[0].numel())
+
+
+def colour_range(pixels: torch.Tensor) -> torch.Tensor:
+    """The largest per-channel range (max - min) of each image of a (B, 3, ...) batch, shape (B,).
+
+    Example:
+        >>> round(colour_range(torch.tensor([[[0.2, 0.6], [0.5, 0.5], [0.1, 0.3]]])).item(), 6)
+        0.4
+    """
+    flat = pixels.flatten(2)
+    return (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=1)
+
+
+def is_informative(pixels: torch.Tensor, tissue: torch.Tensor, min_tissue_fraction: float) -> torch.Tensor:
+    """Boolean (B,): images whose ``pixels`` (B, 3, ...) have enough ``tissue`` (B, ...) and more than one colour.
+
+    Example:
+        >>> pixels = torch.rand(2, 3, 8, 8); pixels[1] = 0.5  # the second image is a single colour
+        >>> is_informative(pixels, torch.ones(2, 8, 8, dtype=torch.bool), 0.1).tolist()
+        [True, False]
+    """
+    return has_enough_tissue(tissue, min_tissue_fraction) & (colour_range(pixels) > MIN_COLOUR_RANGE)
+
+
+def informative_images(batch: torch.Tensor, luminosity_threshold: float, min_tissue_fraction: float) -> torch.Tensor:
+    """Boolean (B,): which images of a (B, 3, H, W) batch have enough tissue and more than one colour.
+
+    Judged on a regular grid of about ``CHECK_PIXELS`` pixels per image.
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> tissue = torch.from_numpy(synthetic_tissue(64, seed=0)).permute(2, 0, 1) / 255.0
+        >>> batch = torch.stack([tissue, torch.ones(3, 64, 64), torch.zeros(3, 64, 64)])  # tissue, white, black
+        >>> informative_images(batch, 0.8, 0.01).tolist()
+        [True, False, False]
+    """
+    height, width = batch.shape[-2:]
+    stride = max(1, int((height * width / CHECK_PIXELS) ** 0.5))
+    grid = batch[..., ::stride, ::stride].contiguous()  # reductions over a strided view are slow
+    return is_informative(grid, tissue_mask(grid, luminosity_threshold), min_tissue_fraction)

@@ -14,8 +14,8 @@ from ..functional.concentrations import (
     stain_transfer,
 )
 from ..functional.macenko import REFERENCE_STAIN_MATRIX, macenko_from_od, pixel_masks, subsample
-from ..functional.tissue import has_enough_tissue
-from .base import MIN_COLOUR_RANGE, StainNormalizer
+from ..functional.tissue import is_informative
+from .base import StainNormalizer
 
 SOLVERS = ("lstsq", "nnls")
 
@@ -116,8 +116,7 @@ class StainMatrixNormalizer(StainNormalizer):
         return self._informative(pixels, pixel_masks(pixels, self.luminosity_threshold))
 
     def _informative(self, pixels: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
-        colour_range = (pixels.amax(dim=2) - pixels.amin(dim=2)).amax(dim=1)
-        return has_enough_tissue(tissue, self.min_tissue_fraction) & (colour_range > MIN_COLOUR_RANGE)
+        return is_informative(pixels, tissue, self.min_tissue_fraction)
 
     # -- transforming ------------------------------------------------------------------------
 

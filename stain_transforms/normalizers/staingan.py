@@ -9,9 +9,8 @@ from typing import Any
 import torch
 
 from ..base import StainTransform
-from ..functional.tissue import has_enough_tissue, tissue_mask
+from ..functional.tissue import MIN_COLOUR_RANGE, colour_range, informative_images
 from ..models.staingan import StainGANGenerator
-from .base import MIN_COLOUR_RANGE, TISSUE_CHECK_PIXELS
 
 
 class StainGANNormalize(StainTransform):
@@ -121,11 +120,7 @@ class StainGANNormalize(StainTransform):
 
     def informative(self, batch: torch.Tensor) -> torch.Tensor:
         """Boolean (B,): which images have enough tissue and more than one colour to be translated."""
-        height, width = batch.shape[-2:]
-        stride = max(1, int((height * width / TISSUE_CHECK_PIXELS) ** 0.5))
-        grid = batch[..., ::stride, ::stride]
-        mask = tissue_mask(grid, self.luminosity_threshold)
-        return has_enough_tissue(mask, self.min_tissue_fraction) & (_colour_range(grid) > MIN_COLOUR_RANGE)
+        return informative_images(batch, self.luminosity_threshold, self.min_tissue_fraction)
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         usable = self.informative(batch)
@@ -138,7 +133,7 @@ class StainGANNormalize(StainTransform):
 
     def _translate(self, tile: torch.Tensor) -> torch.Tensor:
         """The generator on a (B, 3, h, w) tile; single-colour tiles are returned as they are."""
-        flat = _colour_range(tile) <= MIN_COLOUR_RANGE
+        flat = colour_range(tile) <= MIN_COLOUR_RANGE
         if flat.all():
             return tile
         model = self.model
@@ -165,11 +160,6 @@ class StainGANNormalize(StainTransform):
                 out[region] += self._translate(batch[region]) * weight
                 total[region[1:]] += weight
         return out / total
-
-
-def _colour_range(batch: torch.Tensor) -> torch.Tensor:
-    flat = batch.flatten(2)
-    return (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=1)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
