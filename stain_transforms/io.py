@@ -136,10 +136,12 @@ def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"unsupported dtype {x.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
     _check_size(x.shape[-3], x.shape[-2], x)
-    # A native-byte-order, C-ordered copy: read-only, strided, flipped (negative strides) and big-endian
-    # arrays are all fine, and the caller's array is never written to.
-    copy = np.array(x, dtype=x.dtype.newbyteorder("="), order="C")
-    t = torch.from_numpy(copy).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
+    # torch reads the array in place when it can: the conversion to float below always copies, so the
+    # caller's array is never written to. Other arrays (read-only, strided, flipped, big-endian) are
+    # first copied into a native-byte-order, C-ordered one.
+    readable = x.flags.c_contiguous and x.flags.writeable and x.dtype.isnative
+    array = x if readable else np.array(x, dtype=x.dtype.newbyteorder("="), order="C")
+    t = torch.from_numpy(array).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
     batch, integer_input = _from_uint8_or_float(t, x)
     batch = _check_values(batch, integer_input, x)
     shape, dtype = x.shape, x.dtype
