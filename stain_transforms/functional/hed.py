@@ -25,6 +25,8 @@ So a white pixel stays exactly white, and a pure background image is returned un
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .color import _HED_LOG_ADJUST, MIN_INTENSITY, RGB_FROM_HED, cast_like
@@ -122,12 +124,15 @@ def stain_jitter(
     # With m the smallest log-intensity of a pixel (minus its largest OD), clamped into [-high, -low],
     # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
     slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
-    offset = low * slope
+    # exp() must stay finite, so -dOD is clamped at 30 (anything that large saturates to white anyway).
+    # As log_rgb >= log(MIN_INTENSITY) and the weight <= 1, it can only get there when ``bound`` does.
+    bound = -math.log(MIN_INTENSITY) * scale.abs().sum(dim=-1) + (mix.abs() @ shifts.abs().unsqueeze(-1)).squeeze(-1)
+    clamp_needed = bool((bound > 30.0).any())
 
     def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
         """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), into ``out`` if given. Works on log(I) = -OD."""
         log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
-        m = log_rgb.amin(dim=1, keepdim=True).clamp(-high, -low)  # (amin's backward needs its output)
+        weight_ramp = log_rgb.amin(dim=1, keepdim=True).clamp(-high, -low).add_(low)  # = -(high - low) * weight
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
         # exact for unit factors and zero shifts, and colour outside the basis (the residual when
         # k < 3) is kept. ``minus_delta`` is -dOD.
@@ -135,13 +140,14 @@ def stain_jitter(
             # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
             # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
             floor = torch.bmm(scaled_unmix[images], log_rgb).clamp_(max=0.0)
-            weight = m.add_(low).mul_(-1.0 / (high - low))
+            weight = weight_ramp.mul_(-1.0 / (high - low))
             shift = (weight * shifts[images].unsqueeze(-1)).clamp_(min=floor)
             minus_delta = torch.bmm(-mix[images], shift).baddbmm_(scale[images], log_rgb)
         else:
-            minus_delta = torch.baddbmm(offset[images], scale[images], log_rgb).addcmul_(m, slope[images])
-        # Bounded so that exp() stays finite; anything above 30 saturates to white anyway.
-        transmittance = minus_delta.clamp_(max=30.0).exp_()
+            minus_delta = torch.bmm(scale[images], log_rgb).addcmul_(weight_ramp, slope[images])
+        if clamp_needed:
+            minus_delta.clamp_(max=30.0)
+        transmittance = minus_delta.exp_()
         return torch.mul(transmittance, pixels, out=out).clamp_(0.0, 1.0)
 
     flat = rgb.flatten(2)
