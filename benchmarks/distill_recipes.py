@@ -10,7 +10,10 @@ follow a slide:
 - ``cyclegan+registered``: both, as two pairs per patch;
 - ``registered+reverse``: the real Hamamatsu scans paired with the reverse CycleGAN's Aperio-like
   rendering of them (``cyclegan_fake_aperio/``), which is aligned by construction, plus the registered pairs;
-- ``cyclegan+registered, 8 channels``: the same with a narrower (smoother) network.
+- ``cyclegan+registered, 8 channels``: the same with a narrower (smoother) network;
+- ``cyclegan+registered, OD x0.8/x1.2``: the same plus two copies of every training source with its
+  optical density scaled by 0.8 and by 1.2 (paler and darker staining), each paired with the
+  unchanged target: does robustness to stain intensity help on an unseen slide?
 
 For reference it also scores the CycleGAN outputs themselves and the official checkpoint (both
 trained on MITOS by others, on all slides). Each fold keeps its best checkpoint on a 20% split of
@@ -37,13 +40,14 @@ from stain_transforms.models import StainNet  # noqa: E402
 from stain_transforms.training import DistillConfig, distill, pairs_from_folders, split_names  # noqa: E402
 from stain_transforms.training.distill import PairSet  # noqa: E402
 
-# recipe -> (supervision sources, StainNet width)
+# recipe -> (supervision sources, StainNet width, optical-density scales of the augmented source copies)
 RECIPES = {
-    "cyclegan": (("cyclegan",), 32),
-    "registered": (("registered",), 32),
-    "cyclegan+registered": (("cyclegan", "registered"), 32),
-    "registered+reverse": (("registered", "reverse"), 32),
-    "cyclegan+registered, 8 channels": (("cyclegan", "registered"), 8),
+    "cyclegan": (("cyclegan",), 32, ()),
+    "registered": (("registered",), 32, ()),
+    "cyclegan+registered": (("cyclegan", "registered"), 32, ()),
+    "registered+reverse": (("registered", "reverse"), 32, ()),
+    "cyclegan+registered, 8 channels": (("cyclegan", "registered"), 8, ()),
+    "cyclegan+registered, OD x0.8/x1.2": (("cyclegan", "registered"), 32, (0.8, 1.2)),
 }
 
 
@@ -58,7 +62,22 @@ def supervision(kind: str, data: Data, names: list[str]) -> PairSet:
     raise ValueError(kind)
 
 
-def recipe_row(label: str, kinds: tuple[str, ...], width: int, data: Data, steps: int, seed: int) -> Row:
+def od_scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    """An RGB uint8 image with every optical density multiplied by ``scale`` (Beer-Lambert: stain amount)."""
+    od = -np.log(np.maximum(image, 1) / 255.0)
+    return np.clip(np.round(255.0 * np.exp(-scale * od)), 0, 255).astype(np.uint8)
+
+
+def with_scaled_copies(pairs: PairSet, scales: tuple[float, ...]) -> PairSet:
+    """``pairs`` plus, for each scale, a copy whose sources are OD-scaled and whose targets are unchanged."""
+    if not scales:
+        return pairs
+    copies = {f"x{s}": PairSet(pairs.names, [od_scaled(image, s) for image in pairs.sources], pairs.teachers) for s in scales}
+    return PairSet.concat({"original": pairs, **copies})
+
+
+def recipe_row(label: str, data: Data, steps: int, seed: int) -> Row:
+    kinds, width, od_scales = RECIPES[label]
     row = Row(label)
     for slide in data.slides:
         train, test = data.fold(slide)
@@ -66,7 +85,7 @@ def recipe_row(label: str, kinds: tuple[str, ...], width: int, data: Data, steps
         fit, val = split_names(train, 0.2, seed=seed)  # by patch: a patch's pairs stay on one side
         config = DistillConfig(steps=steps, seed=seed, n_channel=width, progress=False)
         result = distill(
-            PairSet.concat({kind: pairs.subset(fit) for kind, pairs in parts.items()}),
+            with_scaled_copies(PairSet.concat({kind: pairs.subset(fit) for kind, pairs in parts.items()}), od_scales),
             PairSet.concat({kind: pairs.subset(val) for kind, pairs in parts.items()}),
             config,
         )
@@ -106,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         score(row, data)
         print(line(row, data), flush=True)
     for label in args.recipes:
-        kinds, width = RECIPES[label]
-        row = recipe_row(label, kinds, width, data, args.steps, args.seed)
+        row = recipe_row(label, data, args.steps, args.seed)
         score(row, data)
         print(line(row, data), flush=True)
     return 0

@@ -33,11 +33,11 @@ _D65_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 _WHITE_XYZ_FROM_RGB = _XYZ_FROM_RGB / _D65_WHITE[:, None]
 _RGB_FROM_WHITE_XYZ = torch.linalg.inv(_WHITE_XYZ_FROM_RGB)
 # The sRGB curve is ((c + 0.055) / 1.055) ** 2.4. The in-place paths skip the division and carry
-# "gained" linear light, SRGB_GAIN = 1.055 ** 2.4 times the true value, which the matrices next to
+# "gained" linear light, _SRGB_GAIN = 1.055 ** 2.4 times the true value, which the matrices next to
 # the curve absorb: one full-image pass fewer each way.
-SRGB_GAIN = 1.055**2.4
-_WHITE_XYZ_FROM_GAINED = _WHITE_XYZ_FROM_RGB / SRGB_GAIN
-_GAINED_FROM_WHITE_XYZ = _RGB_FROM_WHITE_XYZ * SRGB_GAIN
+_SRGB_GAIN = 1.055**2.4
+_WHITE_XYZ_FROM_GAINED = _WHITE_XYZ_FROM_RGB / _SRGB_GAIN
+_GAINED_FROM_WHITE_XYZ = _RGB_FROM_WHITE_XYZ * _SRGB_GAIN
 # L*a*b* is affine in f = (f(X), f(Y), f(Z)): lab = LAB_FROM_F @ f + LAB_OFFSET.
 LAB_FROM_F = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]], dtype=torch.float64)
 LAB_OFFSET = torch.tensor([-16.0, 0.0, 0.0], dtype=torch.float64)
@@ -165,21 +165,21 @@ def _apply_curve_(
 
 
 def _srgb_to_linear(rgb: torch.Tensor, *, gained: bool = False) -> torch.Tensor:
-    """Linear light of sRGB values, in a new tensor; ``gained``: ``SRGB_GAIN`` times it, one pass cheaper.
+    """Linear light of sRGB values, in a new tensor; ``gained``: ``_SRGB_GAIN`` times it, one pass cheaper.
 
     Without the gain, white stays exactly 1 (the tissue threshold compares against it).
     """
     first_step = torch.add(rgb, 0.055)
     if not gained:
         first_step.div_(1.055)
-    toe_slope = (SRGB_GAIN if gained else 1.0) / 12.92
+    toe_slope = (_SRGB_GAIN if gained else 1.0) / 12.92
     return _apply_curve_(first_step, 0.04045, lambda v: _power_(v, 2.4), lambda v: v * toe_slope, source=rgb)
 
 
 def _gained_linear_to_srgb_(gained: torch.Tensor) -> torch.Tensor:
-    """sRGB values from ``SRGB_GAIN`` times linear light, in place (negatives take the toe)."""
+    """sRGB values from ``_SRGB_GAIN`` times linear light, in place (negatives take the toe)."""
     curve_ = lambda v: _power_(v, 1 / 2.4).sub_(0.055)
-    return _apply_curve_(gained, 0.0031308 * SRGB_GAIN, curve_, lambda v: v * (12.92 / SRGB_GAIN))
+    return _apply_curve_(gained, 0.0031308 * _SRGB_GAIN, curve_, lambda v: v * (12.92 / _SRGB_GAIN))
 
 
 def _lab_f_(t: torch.Tensor) -> torch.Tensor:
