@@ -27,8 +27,9 @@ Run ``python benchmarks/_peers.py`` to smoke-test every available factory.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class PeerOp:
     """One peer operation, ready to run."""
 
     transform: Callable[[np.ndarray], Any]
-    transform_batch: Optional[Callable[[np.ndarray], Any]] = None
+    transform_batch: Callable[[np.ndarray], Any] | None = None
     out_layout: str = "HWC"  # HWC, CHW, BHWC or BCHW
     out_scale: float = 255.0  # 255.0: values 0..255, 1.0: values 0..1
     note: str = ""
@@ -81,7 +82,7 @@ def _bchw_float01(batch: np.ndarray):
 
 # ----------------------------------------------------------------- torchstain
 def _torchstain_normalizer(method: str, backend: str):
-    def make(ref: np.ndarray) -> Optional[PeerOp]:
+    def make(ref: np.ndarray) -> PeerOp | None:
         try:
             import torchstain
         except Exception as err:  # noqa: BLE001 - any import failure means "skip"
@@ -94,15 +95,15 @@ def _torchstain_normalizer(method: str, backend: str):
 
         if backend == "numpy":
             norm.fit(ref)
-            to_input = lambda img: img  # noqa: E731
+            to_input = lambda img: img
         else:
             norm.fit(_chw_uint8(ref))
             to_input = _chw_uint8
 
         if method == "reinhard":
-            transform = lambda img: norm.normalize(to_input(img))  # noqa: E731
+            transform = lambda img: norm.normalize(to_input(img))
         else:
-            transform = lambda img: norm.normalize(to_input(img), stains=False)[0]  # noqa: E731
+            transform = lambda img: norm.normalize(to_input(img), stains=False)[0]
         # The torch backend takes CHW but returns HWC (Macenko: int32, Reinhard: uint8).
         return PeerOp(transform, out_layout="HWC", out_scale=255.0)
 
@@ -110,7 +111,7 @@ def _torchstain_normalizer(method: str, backend: str):
 
 
 def _torchstain_augmenter(backend: str):
-    def make(seed: int = 0) -> Optional[PeerOp]:
+    def make(seed: int = 0) -> PeerOp | None:
         try:
             import torch
             import torchstain
@@ -146,7 +147,7 @@ def _tst_import(compile_: bool):
 
 
 def _tst_normalizer(method: str):
-    def make(ref: np.ndarray, compile_: bool = False, **build_kwargs) -> Optional[PeerOp]:
+    def make(ref: np.ndarray, compile_: bool = False, **build_kwargs) -> PeerOp | None:
         try:
             builder, _ = _tst_import(compile_)
         except Exception as err:  # noqa: BLE001
@@ -168,7 +169,7 @@ def _tst_normalizer(method: str):
 
 
 def _tst_augmenter(method: str):
-    def make(seed: int = 0, compile_: bool = False, **build_kwargs) -> Optional[PeerOp]:
+    def make(seed: int = 0, compile_: bool = False, **build_kwargs) -> PeerOp | None:
         try:
             _, builder = _tst_import(compile_)
         except Exception as err:  # noqa: BLE001
@@ -188,7 +189,7 @@ def _tst_augmenter(method: str):
 
 # ---------------------------------------------------------------------- stainx
 def _stainx_normalizer(method: str):
-    def make(ref: np.ndarray) -> Optional[PeerOp]:
+    def make(ref: np.ndarray) -> PeerOp | None:
         try:
             import stainx
         except Exception as err:  # noqa: BLE001
@@ -213,7 +214,7 @@ def _stainx_normalizer(method: str):
 
 # ------------------------------------------------------------------ staintools
 def _staintools_normalizer(method: str):
-    def make(ref: np.ndarray) -> Optional[PeerOp]:
+    def make(ref: np.ndarray) -> PeerOp | None:
         try:
             import staintools
         except Exception as err:  # noqa: BLE001
@@ -232,7 +233,7 @@ def _staintools_normalizer(method: str):
 
 
 def _staintools_augmenter(method: str):
-    def make(seed: int = 0) -> Optional[PeerOp]:
+    def make(seed: int = 0) -> PeerOp | None:
         try:
             import staintools
         except Exception as err:  # noqa: BLE001
@@ -252,7 +253,7 @@ def _staintools_augmenter(method: str):
 
 # ------------------------------------------------------------------ tiatoolbox
 def _tia_normalizer(method: str):
-    def make(ref: np.ndarray) -> Optional[PeerOp]:
+    def make(ref: np.ndarray) -> PeerOp | None:
         try:
             from tiatoolbox.tools.stainnorm import get_normalizer
         except Exception as err:  # noqa: BLE001
@@ -267,7 +268,7 @@ def _tia_normalizer(method: str):
 
 
 def _tia_augmenter(method: str):
-    def make(seed: int = 0) -> Optional[PeerOp]:
+    def make(seed: int = 0) -> PeerOp | None:
         try:
             from tiatoolbox.tools.stainaugment import StainAugmentor
         except Exception as err:  # noqa: BLE001
@@ -287,7 +288,7 @@ def _tia_augmenter(method: str):
 
 
 # ----------------------------------------------------------------------- MONAI
-def _monai_normalizer(ref: np.ndarray) -> Optional[PeerOp]:
+def _monai_normalizer(ref: np.ndarray) -> PeerOp | None:
     try:
         from monai.apps.pathology.transforms import ExtractHEStains, NormalizeHEStains
     except Exception as err:  # noqa: BLE001
@@ -306,7 +307,7 @@ def _monai_normalizer(ref: np.ndarray) -> Optional[PeerOp]:
 
 # -------------------------------------------------------------- albumentations
 def _albu_augmenter(method: str):
-    def make(seed: int = 0) -> Optional[PeerOp]:
+    def make(seed: int = 0) -> PeerOp | None:
         try:
             import albumentations as A
         except Exception as err:  # noqa: BLE001
@@ -365,7 +366,7 @@ def _skimage_hed_augmenter(seed: int = 0, sigma_scale: float = 0.05, sigma_shift
 
 
 # -------------------------------------------------------------------- registry
-PEER_NORMALIZERS: dict[str, dict[str, Callable[..., Optional[PeerOp]]]] = {
+PEER_NORMALIZERS: dict[str, dict[str, Callable[..., PeerOp | None]]] = {
     "reinhard": {
         "torchstain-numpy": _torchstain_normalizer("reinhard", "numpy"),
         "torchstain-torch": _torchstain_normalizer("reinhard", "torch"),
@@ -390,7 +391,7 @@ PEER_NORMALIZERS: dict[str, dict[str, Callable[..., Optional[PeerOp]]]] = {
     },
 }
 
-PEER_AUGMENTERS: dict[str, dict[str, Callable[..., Optional[PeerOp]]]] = {
+PEER_AUGMENTERS: dict[str, dict[str, Callable[..., PeerOp | None]]] = {
     "macenko": {
         "torchstain-numpy": _torchstain_augmenter("numpy"),
         "torchstain-torch": _torchstain_augmenter("torch"),
@@ -421,7 +422,7 @@ def _load_rgb(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _check(name: str, op: PeerOp, img: np.ndarray, batch: Optional[np.ndarray]) -> bool:
+def _check(name: str, op: PeerOp, img: np.ndarray, batch: np.ndarray | None) -> bool:
     import time
 
     ok = True
@@ -440,8 +441,8 @@ def _check(name: str, op: PeerOp, img: np.ndarray, batch: Optional[np.ndarray]) 
         good = finite and u8.shape == expected and changed > 0.5
         ok &= good
         print(
-            f"{'ok ' if good else 'BAD'} {name:40s} {kind:6s} {str(tuple(native.shape)):18s}"
-            f" {str(native.dtype):14s} mean|out-in|={changed:5.1f} {dt * 1000:8.0f} ms"
+            f"{'ok ' if good else 'BAD'} {name:40s} {kind:6s} {tuple(native.shape)!s:18s}"
+            f" {native.dtype!s:14s} mean|out-in|={changed:5.1f} {dt * 1000:8.0f} ms"
         )
     return ok
 

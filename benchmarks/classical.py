@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import stain_transforms as st  # noqa: E402
-from _peers import PEER_NORMALIZERS  # noqa: E402
-from stain_transforms.testing import synthetic_tissue  # noqa: E402
+from _peers import PEER_NORMALIZERS
+
+import stain_transforms as st
+from stain_transforms.testing import synthetic_tissue
 
 DATA = Path(os.environ.get("STAIN_TRANSFORMS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SIZE, BATCH = 512, 16
@@ -46,7 +47,7 @@ def load_images() -> tuple[np.ndarray, np.ndarray, str]:
     if (samples / "src_512.png").is_file():
         from PIL import Image
 
-        read = lambda name: np.asarray(Image.open(samples / name).convert("RGB"))  # noqa: E731
+        read = lambda name: np.asarray(Image.open(samples / name).convert("RGB"))
         return read("src_512.png"), read("ref_512.png"), "peer_samples/src_512.png, ref_512.png"
     return synthetic_tissue(SIZE, seed=1, stain_scale=1.3), synthetic_tissue(SIZE, seed=0), "synthetic tissue (no ../shared/data)"
 

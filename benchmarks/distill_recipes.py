@@ -35,10 +35,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import BORDER, OFFICIAL, Data, Row, default_data, folder_row, open_pairs, score, stainnet_transform, summarise  # noqa: E402
-from stain_transforms.models import StainNet  # noqa: E402
-from stain_transforms.training import DistillConfig, distill, pairs_from_folders, split_names  # noqa: E402
-from stain_transforms.training.distill import PairSet  # noqa: E402
+from fidelity import (
+    BORDER,
+    OFFICIAL,
+    Data,
+    Row,
+    default_data,
+    folder_row,
+    open_pairs,
+    score,
+    stainnet_transform,
+    summarise,
+)
+
+from stain_transforms.models import StainNet
+from stain_transforms.training import DistillConfig, distill, pairs_from_folders, split_names
+from stain_transforms.training.distill import PairSet
 
 # recipe -> (supervision sources, StainNet width, optical-density scales of the augmented source copies)
 RECIPES = {

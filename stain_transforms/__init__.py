@@ -4,9 +4,15 @@ __version__ = "0.1.0"
 
 from .augment import HEDJitter
 from .base import StainTransform
-from .normalizers import MacenkoNormalize, ReinhardNormalize, StainNormalizer, VahadaneNormalize
-from .normalizers import StainGANNormalize, StainNetNormalize
 from .hub import list_weights
+from .normalizers import (
+    MacenkoNormalize,
+    ReinhardNormalize,
+    StainGANNormalize,
+    StainNetNormalize,
+    StainNormalizer,
+    VahadaneNormalize,
+)
 
 __all__ = [
     "StainTransform", "StainNormalizer", "ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "HEDJitter",

@@ -16,8 +16,8 @@ def test_metrics_match_scikit_image(source_tile, reference_tile):
     score = fidelity(source_tile, reference_tile, reference_tile)
     assert score.psnr_target == pytest.approx(peak_signal_noise_ratio(reference_tile, source_tile, data_range=255))
     assert score.ssim_target == pytest.approx(structural_similarity(reference_tile, source_tile, channel_axis=-1, data_range=255))
-    gray = lambda x: x.astype(float) @ [0.299, 0.587, 0.114]  # noqa: E731
-    stretch = lambda g: (g - g.min()) / (g.max() - g.min()) * 255  # noqa: E731
+    gray = lambda x: x.astype(float) @ [0.299, 0.587, 0.114]
+    stretch = lambda g: (g - g.min()) / (g.max() - g.min()) * 255
     expected = structural_similarity(stretch(gray(reference_tile)), stretch(gray(source_tile)), data_range=255)
     assert score.ssim_source == pytest.approx(expected)
 
