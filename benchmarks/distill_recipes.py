@@ -97,8 +97,8 @@ def recipe_row(label: str, data: Data, steps: int, seed: int) -> Row:
         fit, val = split_names(train, 0.2, seed=seed)  # by patch: a patch's pairs stay on one side
         config = DistillConfig(steps=steps, seed=seed, n_channel=width, progress=False)
         result = distill(
-            with_scaled_copies(PairSet.concat({kind: pairs.subset(fit) for kind, pairs in parts.items()}), od_scales),
-            PairSet.concat({kind: pairs.subset(val) for kind, pairs in parts.items()}),
+            with_scaled_copies(PairSet.concat(parts, fit), od_scales),
+            PairSet.concat(parts, val),
             config,
         )
         row.run(stainnet_transform(result.model), data.images(test))

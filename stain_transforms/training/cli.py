@@ -253,8 +253,8 @@ def run_distill(args: argparse.Namespace) -> int:
             parts["targets"] = pairs_from_folders(args.source, args.targets, names, shifts, args.border)
             described.append(f"registered targets in {args.targets}")
     # Split by source image, so that an image's pairs (one per kind of supervision) stay on one side.
-    train = PairSet.concat({kind: pairs.subset(train_names) for kind, pairs in parts.items()})
-    val = PairSet.concat({kind: pairs.subset(val_names) for kind, pairs in parts.items()}) if val_names else None
+    train = PairSet.concat(parts, train_names)
+    val = PairSet.concat(parts, val_names) if val_names else None
     card = {"training_data": f"{len(train_names)} source images from {args.source}; {' and '.join(described)}."}
     result = distill(train, val, config, args.out, card)
     if args.json:

@@ -130,21 +130,26 @@ class PairSet:
         return len(self.names)
 
     @classmethod
-    def concat(cls, parts: dict[str, PairSet]) -> PairSet:
+    def concat(cls, parts: dict[str, PairSet], names: Sequence[str] | None = None) -> PairSet:
         """Several PairSets as one, each pair named ``"<part>/<name>"``: e.g. teacher outputs plus registered targets.
+
+        ``names``: take only the pairs of these source file names from every part, so that a split by
+        source image keeps all of an image's pairs on one side.
 
         Example:
             >>> img = np.zeros((4, 4, 3), np.uint8)
-            >>> one = PairSet(["a"], [img], [img])
-            >>> PairSet.concat({"outputs": one, "targets": one}).names
-            ['outputs/a', 'targets/a']
+            >>> two = PairSet(["a", "b"], [img, img], [img, img])
+            >>> PairSet.concat({"outputs": two, "targets": two}, names=["b"]).names
+            ['outputs/b', 'targets/b']
         """
-        names, sources, teachers = [], [], []
+        all_names, sources, teachers = [], [], []
         for part, pairs in parts.items():
-            names += [f"{part}/{name}" for name in pairs.names]
+            if names is not None:
+                pairs = pairs.subset(names)
+            all_names += [f"{part}/{name}" for name in pairs.names]
             sources += pairs.sources
             teachers += pairs.teachers
-        return cls(names, sources, teachers)
+        return cls(all_names, sources, teachers)
 
     def subset(self, names: Sequence[str]) -> PairSet:
         """The pairs of the given file names, in that order."""
