@@ -42,7 +42,10 @@ an exception. Here every input gets exactly one of three documented outcomes:
   answer for images with no stain to normalize: less than `min_tissue_fraction` (1%) tissue or
   fewer than 16 tissue pixels, or a single colour (every channel spans less than 2/255). Estimating
   a stain from such an image would invent colour, and raising would stop a slide-tiling loop on
-  its first background tile. `informative(batch)` tells which images of a batch are normalized.
+  its first background tile. `informative(batch)` tells which images of a batch are normalized; it
+  is measured on a regular grid of about 4,096 pixels per image
+  (`stain_transforms.functional.informative_images`), or, for Macenko and Vahadane, on the pixels
+  their stain matrix is estimated from.
 - **result**: a transformed image of the same type, shape, dtype and device, finite and in range.
   StainNet is a per-pixel colour map trained on whole tiles, background included, so it maps blank
   and flat images too (to the target domain's colours). HEDJitter only moves stain that is there:
