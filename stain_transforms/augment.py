@@ -29,13 +29,6 @@ def _per_channel(value: float | Sequence[float], name: str, upper: float | None 
     return values  # type: ignore[return-value]
 
 
-def _is_cpu_batch(x: Any) -> bool:
-    """A (B, H, W, 3) array or a plain (B, 3, H, W) CPU tensor."""
-    if isinstance(x, np.ndarray):
-        return x.ndim == 4
-    return type(x) is torch.Tensor and x.ndim == 4 and x.device.type == "cpu"
-
-
 def _check_batch_size(params: dict[str, torch.Tensor], batch_size: int) -> None:
     drawn = params["factors"].shape[0]
     if drawn not in (1, batch_size):
@@ -269,16 +262,9 @@ class HEDJitter(StainTransform):
         outputs = [self.transform(x, params) if need else x for x, need in zip(flat_inputs, needs)]
         return tree_unflatten(outputs, spec)
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if _is_cpu_batch(inpt) and len(inpt) > 1:
-            # A CPU batch goes through one image at a time: the float copies of a whole batch do not fit
-            # in cache, and their fresh allocations cost more page faults than the jitter costs work
-            # (at 16 x 512 x 512 the whole-batch path is 2-4x slower per image). Same results.
-            _check_batch_size(params, len(inpt))
-            one_image = super().transform  # (zero-argument super() does not work inside a comprehension)
-            images = [one_image(image, _select(params, i)) for i, image in enumerate(inpt)]
-            return np.stack(images) if isinstance(inpt, np.ndarray) else torch.stack(images)
-        return super().transform(inpt, params)
+    def image_params(self, params: dict[str, Any], index: int, batch_size: int) -> dict[str, Any]:
+        _check_batch_size(params, batch_size)
+        return _select(params, index)
 
     def _stains(self, batch: torch.Tensor) -> torch.Tensor:
         """The per-image (B, 3, k) basis to jitter in."""

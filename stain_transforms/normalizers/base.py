@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..base import StainTransform
 from ..functional.tissue import informative_images
-from ..io import iter_batches, to_batch
+from ..io import iter_batches
 
 # Fitting on more images than this shows a progress bar.
 PROGRESS_MIN_ITEMS = 8
@@ -217,15 +217,6 @@ class StainNormalizer(StainTransform):
             [True, False, False]
         """
         return informative_images(batch, self.luminosity_threshold, self.min_tissue_fraction)
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        batch, restore = to_batch(inpt)
-        if batch.device.type == "cpu" and batch.shape[0] > 1:
-            # On the CPU, one image at a time is several times faster than the whole batch: every
-            # intermediate of a batch is tens of MB, and allocating those costs a page fault per op.
-            # The statistics are per image either way, so the result is the same.
-            return restore(torch.cat([self.apply_batch(image[None], params) for image in batch]))
-        return restore(self.apply_batch(batch, params))
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         self._require_fitted()
