@@ -41,6 +41,10 @@ class StainTransform(v2.Transform):
     numpy arrays are treated as images only when the sample has no explicit image, and then only the
     first one, as torchvision does. Masks, boxes, labels and other entries pass through untouched.
 
+    A batch on the CPU is worked one image at a time (see :meth:`transform`); a random transform that
+    draws one set of parameters per image in ``make_params`` overrides :meth:`image_params` so that
+    each image gets its own.
+
     Example:
         A transform that inverts colours: only :meth:`apply_batch` is written, the rest is inherited.
 
@@ -80,6 +84,7 @@ class StainTransform(v2.Transform):
         return super().forward(*inputs)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Validate ``inpt`` (an image or a batch), apply :meth:`apply_batch`, and return the result as ``inpt``'s type."""
         # On the CPU a batch goes through one image at a time, with the same result: every float
         # intermediate of a whole batch is tens of MB, out of cache, and each fresh one costs a page
         # fault per 4 KiB (at 16 x 512 x 512, 1.2-1.7x slower per image). A plain array is split
