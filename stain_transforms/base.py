@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from .io import to_batch
+from .io import MIN_SIDE, to_batch
 
 
 def _is_plain_array(x: Any) -> bool:
@@ -27,11 +27,18 @@ def _is_image(x: Any) -> bool:
     return isinstance(x, (tv_tensors.Image, PIL.Image.Image)) or _is_plain_array(x)
 
 
-def _is_plain_cpu_batch(x: Any) -> bool:
-    """A (B, H, W, C) array or a plain (B, C, H, W) CPU tensor with B > 1."""
+def _is_splittable_cpu_batch(x: Any) -> bool:
+    """A (B, H, W, 3) array or a plain (B, 3, H, W) CPU tensor of B > 1 well-formed images.
+
+    Malformed batches are not split, so that their error describes the batch as the caller gave it.
+    """
     if isinstance(x, np.ndarray):
-        return x.ndim == 4 and len(x) > 1
-    return type(x) is torch.Tensor and x.ndim == 4 and len(x) > 1 and x.device.type == "cpu"
+        well_formed = x.ndim == 4 and x.shape[-1] == 3 and min(x.shape[1:3]) >= MIN_SIDE
+        return well_formed and len(x) > 1 and (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating))
+    if type(x) is not torch.Tensor or x.ndim != 4 or x.device.type != "cpu":
+        return False
+    well_formed = x.shape[1] == 3 and min(x.shape[2:]) >= MIN_SIDE
+    return well_formed and len(x) > 1 and (x.dtype == torch.uint8 or x.dtype.is_floating_point)
 
 
 class StainTransform(v2.Transform):
@@ -89,7 +96,7 @@ class StainTransform(v2.Transform):
         # intermediate of a whole batch is tens of MB, out of cache, and each fresh one costs a page
         # fault per 4 KiB (at 16 x 512 x 512, 1.2-1.7x slower per image). A plain array is split
         # before its conversion to float; other batches (tv_tensors, MetaTensor) after it.
-        if _is_plain_cpu_batch(inpt):
+        if _is_splittable_cpu_batch(inpt):
             images = [self.transform(image, self.image_params(params, i, len(inpt))) for i, image in enumerate(inpt)]
             return np.stack(images) if isinstance(inpt, np.ndarray) else torch.stack(images)
         batch, restore = to_batch(inpt)

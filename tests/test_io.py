@@ -1,5 +1,7 @@
 """Input validation and "same in, same out" conversion (stain_transforms.io)."""
 
+import re
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -97,3 +99,22 @@ def test_iter_batches_accepts_lists_loaders_and_pairs(source_tile):
     assert len(list(iter_batches(iter([{"image": chw}])))) == 1
     with pytest.raises(ValueError, match="not paths"):
         list(iter_batches("a.png"))
+
+
+@pytest.mark.parametrize(
+    ("batch", "fragment"),
+    [
+        (np.zeros((2, 3, 8, 8), np.uint8), "(2, 3, 8, 8)"),  # a channel-first array batch
+        (np.zeros((2, 8, 8, 4), np.uint8), "(2, 8, 8, 4)"),
+        (np.zeros((2, 8, 8, 3), np.int32), "(2, 8, 8, 3)"),
+        (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), "(2, 8, 8, 3)"),
+    ],
+)
+def test_a_malformed_batch_is_described_as_given(batch, fragment):
+    # CPU batches are worked image by image; a malformed one must still be reported whole.
+    from stain_transforms import HEDJitter, ReinhardNormalize
+    from stain_transforms.testing import synthetic_tissue
+
+    for transform in (ReinhardNormalize().fit(synthetic_tissue(32)), HEDJitter(p=1.0)):
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            transform(batch)
