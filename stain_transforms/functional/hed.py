@@ -61,7 +61,7 @@ def _check_ramp(ramp: tuple[float, float]) -> tuple[float, float]:
 
 def _unmixing(stains: torch.Tensor) -> torch.Tensor:
     """The least-squares unmixing matrix (..., k, 3) of a (..., 3, k) basis; Ruifrok's, the usual one, is precomputed."""
-    if stains.ndim == 2 and stains.shape == (3, 3) and torch.equal(stains, cast_like(RUIFROK_STAINS, stains)):
+    if stains.shape == (3, 3) and torch.equal(stains, cast_like(RUIFROK_STAINS, stains)):
         return cast_like(_RUIFROK_UNMIX, stains)
     return torch.linalg.pinv(stains)
 

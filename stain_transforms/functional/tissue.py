@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import _lab_f_, _srgb_to_linear, cast_like
+from .color import _XYZ_FROM_RGB, _lab_f_, _srgb_to_linear, cast_like
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
@@ -14,7 +14,7 @@ MIN_COLOUR_RANGE = 2.0 / 255.0
 # plenty to measure a tissue fraction of a percent, and the same small cost at any tile size.
 CHECK_PIXELS = 4096
 # CIE Y of linear sRGB: the middle row of the sRGB -> XYZ matrix.
-_Y_FROM_LINEAR = torch.tensor([[0.212671, 0.715160, 0.072169]], dtype=torch.float64)
+_Y_FROM_LINEAR = _XYZ_FROM_RGB[1:2]
 
 
 def luminosity(rgb: torch.Tensor) -> torch.Tensor:
