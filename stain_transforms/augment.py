@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -10,10 +11,10 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .base import StainTransform
-from .functional.color import cast_like
 from .functional.hed import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
 from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
+from .io import levels_to_unit
 
 BASES = ("ruifrok", "macenko", "vahadane")
 
@@ -38,6 +39,19 @@ def _check_batch_size(params: dict[str, torch.Tensor], batch_size: int) -> None:
 def _select(params: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     """The parameters of image ``index`` (parameters drawn for one image apply to all)."""
     return {name: value if value.shape[0] == 1 else value[index : index + 1] for name, value in params.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _draw_ranges(
+    alpha: tuple[float, ...], beta: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower ends and widths of the uniform ranges of (factors, shifts): [1 - alpha, 1 + alpha], [-beta, beta].
+
+    Cached, as building two small tensors per call would take longer than the draw itself.
+    """
+    lows = torch.tensor([1.0 - a for a in alpha] + [-b for b in beta], device=device)
+    widths = torch.tensor([2.0 * a for a in alpha] + [2.0 * b for b in beta], device=device)
+    return lows, widths
 
 
 def _batch_size(x: Any) -> int:
@@ -104,6 +118,8 @@ class HEDJitter(StainTransform):
         >>> torch.equal(jitter.apply_params(batch, jitter.last_params), out)
         True
     """
+
+    accepts_uint8 = True  # stain_jitter converts uint8 block by block
 
     PRESETS: ClassVar[dict[str, dict[str, float]]] = {
         "light": {"alpha": 0.05, "beta": 0.05},
@@ -229,11 +245,11 @@ class HEDJitter(StainTransform):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         generator = generator if generator is not None else self._generator()
         draw_device = generator.device if generator is not None else torch.device("cpu")
-        alpha = torch.tensor(self.alpha, device=draw_device)
-        beta = torch.tensor(self.beta, device=draw_device)
-        # Always draw all three, so the RNG advances the same way whatever p is.
-        factors = 1.0 + alpha * (2.0 * torch.rand(batch_size, 3, generator=generator, device=draw_device) - 1.0)
-        shifts = beta * (2.0 * torch.rand(batch_size, 3, generator=generator, device=draw_device) - 1.0)
+        lows, widths = _draw_ranges(self.alpha, self.beta, draw_device)
+        # Each image's three factors, then its three shifts, then whether it is jittered. All are
+        # always drawn, so that the RNG advances the same way whatever p is.
+        draws = torch.rand(batch_size, 6, generator=generator, device=draw_device)
+        factors, shifts = torch.addcmul(lows, draws, widths).split(3, dim=1)
         apply = torch.rand(batch_size, generator=generator, device=draw_device) < self.p
         params = {"factors": factors, "shifts": shifts, "apply": apply}
         return {name: value.to(device) for name, value in params.items()} if device is not None else params
@@ -268,11 +284,13 @@ class HEDJitter(StainTransform):
 
     def _stains(self, batch: torch.Tensor) -> torch.Tensor:
         """The per-image (B, 3, k) basis to jitter in."""
+        if self.basis != "ruifrok" and batch.dtype == torch.uint8:
+            batch = levels_to_unit(batch)
         if self.basis == "macenko":
             return macenko_stain_matrix(batch)
         if self.basis == "vahadane":
             return vahadane_stain_matrix(batch)
-        return cast_like(RUIFROK_STAINS, batch)
+        return RUIFROK_STAINS
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         factors, shifts, apply = (params[name].to(batch.device) for name in ("factors", "shifts", "apply"))

@@ -68,6 +68,10 @@ class StainTransform(v2.Transform):
 
     _transformed_types = (tv_tensors.Image, PIL.Image.Image, _is_plain_array)
 
+    #: Whether :meth:`apply_batch` also takes uint8 batches (see there). A transform that converts
+    #: block by block, in cache, saves the image-sized float copies of the input and the result.
+    accepts_uint8: bool = False
+
     def _needs_transform_list(self, flat_inputs: list[Any]) -> list[bool]:
         explicit_image = any(isinstance(x, (tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)) for x in flat_inputs)
         first_plain_pending = not explicit_image
@@ -99,7 +103,7 @@ class StainTransform(v2.Transform):
         if _is_splittable_cpu_batch(inpt):
             images = [self.transform(image, self.image_params(params, i, len(inpt))) for i, image in enumerate(inpt)]
             return np.stack(images) if isinstance(inpt, np.ndarray) else torch.stack(images)
-        batch, restore = to_batch(inpt)
+        batch, restore = to_batch(inpt, keep_uint8=self.accepts_uint8)
         if batch.device.type == "cpu" and len(batch) > 1:
             count = len(batch)
             return restore(torch.cat([self.apply_batch(batch[i : i + 1], self.image_params(params, i, count)) for i in range(count)]))
@@ -115,8 +119,9 @@ class StainTransform(v2.Transform):
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """Transform a validated (B, 3, H, W) float batch in [0, 1]; must not modify ``batch``.
 
-        ``params`` is what ``make_params`` returned for this call (empty unless overridden). See the
-        class example.
+        Where :attr:`accepts_uint8` is set, uint8 input arrives as it is, a (B, 3, H, W) uint8 view of
+        the caller's data, and the result must be uint8 too. ``params`` is what ``make_params``
+        returned for this call (empty unless overridden). See the class example.
         """
         raise NotImplementedError
 

@@ -3,7 +3,8 @@
 Every transform works internally on a (B, 3, H, W) float tensor in [0, 1]. :func:`to_batch` turns
 whatever the user gave into that form, after checking it, and returns a function that turns a result
 back into the user's type, layout, dtype and device ("same in, same out"). The user's data is never
-modified: the batch is always a fresh tensor.
+modified: the batch is a fresh tensor (or, for transforms that ask for it, a read-only view of uint8
+input).
 """
 
 from __future__ import annotations
@@ -64,14 +65,24 @@ def _working_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _from_uint8_or_float(t: torch.Tensor, x: Any) -> tuple[torch.Tensor, bool]:
-    # Always a contiguous batch: a strided input (a permuted view) must not change the rounding of
-    # later reductions, so the result never depends on the input's memory layout.
-    contiguous = torch.contiguous_format
+def levels_to_unit(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 levels to a fresh, contiguous float32 tensor in [0, 1]: the one conversion of uint8 input.
+
+    Contiguous even for a strided input (a permuted view), so that the rounding of later reductions
+    never depends on the input's memory layout.
+
+    Example:
+        >>> levels_to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        tensor([0.0000, 0.2000, 1.0000])
+    """
+    return levels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
+def _from_uint8_or_float(t: torch.Tensor, x: Any, keep_uint8: bool) -> tuple[torch.Tensor, bool]:
     if t.dtype == torch.uint8:
-        return t.to(torch.float32, memory_format=contiguous).div_(255.0), True
+        return (t if keep_uint8 else levels_to_unit(t)), True
     if t.dtype.is_floating_point:
-        return t.to(_working_dtype(t.dtype), copy=True, memory_format=contiguous), False
+        return t.to(_working_dtype(t.dtype), copy=True, memory_format=torch.contiguous_format), False
     raise ValueError(f"unsupported dtype {t.dtype} ({_describe(x)}); use uint8, or float in [0, 1]")
 
 
@@ -91,24 +102,48 @@ def _to_output_dtype_(batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 _ROUNDING_MAGIC = {torch.float32: 2.0**23, torch.float64: 2.0**52}
 
 
+def unit_to_levels_(values: torch.Tensor) -> torch.Tensor | None:
+    """Float values in [0, 1] as uint8 levels, rounded exactly as :func:`_to_output_dtype_`, overwriting ``values``.
+
+    Returns a strided uint8 view of the rounded levels inside ``values``' memory (so copy it out before
+    ``values`` is reused), or ``None`` when the trick of ``_ROUNDING_MAGIC`` does not apply (float16,
+    or a ``values`` whose last dimension is not contiguous). The conversion then costs one pass
+    instead of a round and two dtype conversions.
+
+    Example:
+        >>> unit_to_levels_(torch.tensor([0.0, 0.5, 1.2]))  # 127.5 is a tie: to the even 128
+        tensor([  0, 128, 255], dtype=torch.uint8)
+    """
+    magic = _ROUNDING_MAGIC.get(values.dtype)
+    if magic is None or values.stride(-1) != 1:
+        return None
+    rounded = values.mul_(255.0).clamp_(0, 255).add_(magic)
+    low_byte = 0 if sys.byteorder == "little" else rounded.element_size() - 1
+    return rounded.view(torch.uint8).unflatten(-1, (-1, rounded.element_size()))[..., low_byte]
+
+
 def _to_channel_last_uint8_(batch: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] to (B, H, W, 3) uint8, rounded exactly as :func:`_to_output_dtype_`, overwriting ``batch``.
 
-    The rounding trick of ``_ROUNDING_MAGIC`` turns the float-to-uint8 conversion into a gather of
-    bytes, done by the same pass that moves the channels last: two to three times faster than
-    transposing the floats and converting them (on a batch of 16 512x512 images, 9 ms against 26 ms).
+    The rounded levels of :func:`unit_to_levels_` are gathered channel-last in the same pass that
+    moves the channels: two to three times faster than transposing the floats and converting them
+    (on a batch of 16 512x512 images, 9 ms against 26 ms).
     """
     batch = batch.cpu()
-    magic = _ROUNDING_MAGIC.get(batch.dtype)
-    if magic is None or not batch.is_contiguous():
+    planes = unit_to_levels_(batch) if batch.is_contiguous() else None
+    if planes is None:
         return _to_output_dtype_(batch.permute(0, 2, 3, 1).contiguous(), torch.uint8)
-    rounded = batch.mul_(255.0).clamp_(0, 255).add_(magic)
-    low_byte = 0 if sys.byteorder == "little" else rounded.element_size() - 1
-    planes = rounded.view(torch.uint8).unflatten(-1, (-1, rounded.element_size()))[..., low_byte]
     return torch.stack(planes.unbind(1), dim=-1)
 
 
-def _tensor_to_batch(x: torch.Tensor) -> tuple[torch.Tensor, Restore]:
+def _owned(result: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """``result``, copied if it still shares memory with ``given`` (a view of the caller's data)."""
+    if result.untyped_storage().data_ptr() == given.untyped_storage().data_ptr():
+        return result.clone()
+    return result
+
+
+def _tensor_to_batch(x: torch.Tensor, keep_uint8: bool) -> tuple[torch.Tensor, Restore]:
     hint = "Tensors must be channel-first: (3, H, W) or (B, 3, H, W)."
     if x.ndim == 2:
         _check_channels(1, x, hint)
@@ -119,12 +154,16 @@ def _tensor_to_batch(x: torch.Tensor) -> tuple[torch.Tensor, Restore]:
         raise ValueError(f"tensor looks channel-last ({_describe(x)}). {hint} Use x.permute(2, 0, 1).")
     _check_channels(channels, x, hint)
     _check_size(x.shape[-2], x.shape[-1], x)
-    batch, integer_input = _from_uint8_or_float(x.detach().reshape(-1, *x.shape[-3:]), x)
+    given = x.detach().reshape(-1, *x.shape[-3:])
+    batch, integer_input = _from_uint8_or_float(given, x, keep_uint8)
     batch = _check_values(batch, integer_input, x)
     shape, dtype = x.shape, x.dtype
 
     def restore(out: torch.Tensor) -> torch.Tensor:
-        result = _to_output_dtype_(out, dtype).reshape(shape)
+        if out.dtype == torch.uint8:  # a result computed on the uint8 levels (keep_uint8)
+            result = _owned(out, given).contiguous().reshape(shape)
+        else:
+            result = _to_output_dtype_(out, dtype).reshape(shape)
         # Tensor subclasses (MONAI MetaTensor, tv_tensors.Image) keep their type and metadata.
         if type(x) is not torch.Tensor:
             result = _wrap_like(result, x)
@@ -146,7 +185,7 @@ def _wrap_like(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return result.as_subclass(type(like))
 
 
-def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
+def _numpy_to_batch(x: np.ndarray, keep_uint8: bool) -> tuple[torch.Tensor, Restore]:
     hint = "NumPy arrays must be channel-last: (H, W, 3) or (B, H, W, 3)."
     if x.ndim == 2:
         _check_channels(1, x, hint)
@@ -165,12 +204,14 @@ def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
     readable = x.flags.c_contiguous and x.flags.writeable and x.dtype.isnative
     array = x if readable else np.array(x, dtype=x.dtype.newbyteorder("="), order="C")
     t = torch.from_numpy(array).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
-    batch, integer_input = _from_uint8_or_float(t, x)
+    batch, integer_input = _from_uint8_or_float(t, x, keep_uint8)
     batch = _check_values(batch, integer_input, x)
     shape, dtype = x.shape, x.dtype
 
     def restore(out: torch.Tensor) -> np.ndarray:
-        if integer_input:
+        if out.dtype == torch.uint8:  # a result computed on the uint8 levels (keep_uint8)
+            channel_last = _owned(out, t).cpu().permute(0, 2, 3, 1).contiguous()
+        elif integer_input:
             channel_last = _to_channel_last_uint8_(out)
         else:
             channel_last = _to_output_dtype_(out.permute(0, 2, 3, 1).cpu().contiguous(), torch.float64)
@@ -179,24 +220,29 @@ def _numpy_to_batch(x: np.ndarray) -> tuple[torch.Tensor, Restore]:
     return batch, restore
 
 
-def _pil_to_batch(x: PIL.Image.Image) -> tuple[torch.Tensor, Restore]:
+def _pil_to_batch(x: PIL.Image.Image, keep_uint8: bool) -> tuple[torch.Tensor, Restore]:
     if x.mode in ("L", "1", "I", "I;16", "F"):
         raise ValueError(f"grayscale PIL image (mode {x.mode!r}) is not supported; stain methods need RGB")
     if x.mode in ("RGBA", "LA", "P", "PA"):
         raise ValueError(f"PIL image mode {x.mode!r} is not supported; use image.convert('RGB') first")
     if x.mode != "RGB":
         raise ValueError(f"PIL image mode {x.mode!r} is not supported; use image.convert('RGB') first")
-    batch, restore_array = _numpy_to_batch(np.asarray(x))
+    batch, restore_array = _numpy_to_batch(np.asarray(x), keep_uint8)
     return batch, lambda out: PIL.Image.fromarray(restore_array(out))
 
 
-def to_batch(x: ImageLike) -> tuple[torch.Tensor, Restore]:
+def to_batch(x: ImageLike, keep_uint8: bool = False) -> tuple[torch.Tensor, Restore]:
     """Validate ``x`` and return ``(batch, restore)``.
 
     ``batch`` is a fresh (B, 3, H, W) float tensor in [0, 1] on ``x``'s device (float64 for float64
     input, float32 otherwise); ``restore(out)`` converts a batch of the same shape back to ``x``'s
     type, layout, dtype and device. ``restore`` may overwrite ``out``, which must be the transform's
     own result (``batch`` itself included), never a tensor the caller still holds.
+
+    With ``keep_uint8``, uint8 input is not converted: ``batch`` is then a (B, 3, H, W) uint8 view of
+    the caller's data (channel-last in memory for arrays and PIL images), which must not be written
+    to, and ``restore`` also takes a uint8 result of the levels 0-255 (it copies one that still shares
+    the caller's memory). This serves transforms that convert block by block, in cache.
 
     Raises:
         ValueError: naming the problem, for grayscale, RGBA, wrong layout, unsupported dtype,
@@ -209,11 +255,11 @@ def to_batch(x: ImageLike) -> tuple[torch.Tensor, Restore]:
         ((1, 3, 4, 4), dtype('uint8'))
     """
     if isinstance(x, torch.Tensor):
-        return _tensor_to_batch(x)
+        return _tensor_to_batch(x, keep_uint8)
     if isinstance(x, np.ndarray):
-        return _numpy_to_batch(x)
+        return _numpy_to_batch(x, keep_uint8)
     if isinstance(x, PIL.Image.Image):
-        return _pil_to_batch(x)
+        return _pil_to_batch(x, keep_uint8)
     raise ValueError(f"unsupported input type {type(x).__name__}; pass a numpy array, a torch tensor or a PIL image")
 
 

@@ -9,7 +9,8 @@ from skimage.color import hed2rgb, rgb2hed
 
 from stain_transforms import HEDJitter
 from stain_transforms.functional.color import rgb_to_hed
-from stain_transforms.functional.hed import SHIFT_RAMP, hed_jitter, stain_jitter
+from stain_transforms.functional.hed import RUIFROK_STAINS, SHIFT_RAMP, hed_jitter, stain_jitter
+from stain_transforms.io import _to_output_dtype_, levels_to_unit
 from stain_transforms.testing import synthetic_tissue
 
 
@@ -293,6 +294,34 @@ def test_estimated_basis_on_background_and_batches(basis):
     for i in range(3):
         single = {name: value[i : i + 1] for name, value in jitter.last_params.items()}
         torch.testing.assert_close(jitter.apply_params(images[i], single), out[i], rtol=0, atol=1)
+
+
+@pytest.mark.parametrize("channel_last", [True, False])
+@pytest.mark.parametrize("shift_sign", [1.0, -1.0])
+def test_uint8_levels_give_the_bits_of_converting_first(monkeypatch, channel_last, shift_sign):
+    # uint8 is converted block by block (odd-sized blocks here, so that the last one is ragged); the
+    # result must be exactly that of converting the whole batch to float, jittering and rounding back.
+    monkeypatch.setattr("stain_transforms.functional.hed.CPU_BLOCK_PER_THREAD", 997)
+    images = np.stack([synthetic_tissue(72, seed=s) for s in range(2)])
+    levels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    if not channel_last:
+        levels = levels.contiguous()
+    before = levels.clone()
+    factors = torch.tensor([[1.2, 0.8, 1.1], [0.9, 1.15, 0.95]])
+    shifts = shift_sign * torch.tensor([[0.1, 0.05, 0.02], [0.03, 0.15, 0.0]])
+    out = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
+    assert out.dtype == torch.uint8 and out.stride() == levels.stride()
+    converted = stain_jitter(levels_to_unit(levels), RUIFROK_STAINS, factors, shifts)
+    assert torch.equal(out, _to_output_dtype_(converted, torch.uint8))
+    assert torch.equal(levels, before) and (out != levels).float().mean() > 0.5
+
+
+def test_unapplied_uint8_jitter_returns_a_copy():
+    image = synthetic_tissue(32, seed=3)
+    out = HEDJitter(p=0.0)(image)
+    assert np.array_equal(out, image) and not np.shares_memory(out, image)
+    tensor = _to_tensor(image)
+    assert HEDJitter(p=0.0)(tensor).data_ptr() != tensor.data_ptr()
 
 
 def test_cpu_batches_go_image_by_image_with_the_same_result():

@@ -36,6 +36,21 @@ def test_channel_last_uint8_rounds_like_the_reference_conversion(dtype, contiguo
     assert torch.equal(result, expected)
 
 
+def test_keep_uint8_gives_a_view_and_restore_never_returns_the_callers_memory(source_tile):
+    chw = torch.from_numpy(source_tile.copy()).permute(2, 0, 1).contiguous()
+    for x in (source_tile, chw, PIL.Image.fromarray(source_tile)):
+        batch, restore = to_batch(x, keep_uint8=True)
+        assert batch.shape == (1, 3, 96, 96) and batch.dtype == torch.uint8
+        back = restore(batch)  # a transform that changed nothing returns its input batch
+        if isinstance(x, torch.Tensor):
+            assert back.dtype == torch.uint8 and torch.equal(back, x) and back.data_ptr() != x.data_ptr()
+        else:  # an array, or a PIL image made from one
+            assert np.array_equal(np.asarray(back), source_tile) and not np.shares_memory(np.asarray(back), source_tile)
+    assert np.shares_memory(to_batch(source_tile, keep_uint8=True)[0].numpy(), source_tile)  # no copy in
+    float_batch, _ = to_batch(chw.float() / 255, keep_uint8=True)  # only uint8 is kept
+    assert float_batch.dtype == torch.float32
+
+
 def test_tensor_layouts_and_dtypes_are_preserved(source_tile):
     chw = torch.from_numpy(source_tile).permute(2, 0, 1)
     for x in (chw, chw[None].repeat(2, 1, 1, 1), chw.float() / 255, chw.double() / 255, chw.half() / 255):

@@ -25,15 +25,16 @@ So a white pixel stays exactly white, and a pure background image is returned un
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..io import levels_to_unit, unit_to_levels_
 from .color import _HED_LOG_ADJUST, MIN_INTENSITY, RGB_FROM_HED, cast_like
 
 # Columns: the Ruifrok & Johnston OD vectors of haematoxylin, eosin and DAB (as in scikit-image).
 RUIFROK_STAINS = RGB_FROM_HED.T.contiguous()
-_RUIFROK_UNMIX = torch.linalg.inv(RUIFROK_STAINS)
+# The same basis in scikit-image's HED units, precomputed: OD = mix @ concentrations, and back.
+_RUIFROK_MIX = RUIFROK_STAINS * _HED_LOG_ADJUST
+_RUIFROK_UNMIX = torch.linalg.inv(RUIFROK_STAINS) / _HED_LOG_ADJUST
 
 # Optical densities (in the most absorbed channel) between which the shift fades in: 0.05 is a
 # transmission of 95% (a uint8 grey level of 242, bright glass), 0.25 of 78% (pale stained tissue).
@@ -59,11 +60,16 @@ def _check_ramp(ramp: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
-def _unmixing(stains: torch.Tensor) -> torch.Tensor:
-    """The least-squares unmixing matrix (..., k, 3) of a (..., 3, k) basis; Ruifrok's, the usual one, is precomputed."""
-    if stains.shape == (3, 3) and torch.equal(stains, cast_like(RUIFROK_STAINS, stains)):
-        return cast_like(_RUIFROK_UNMIX, stains)
-    return torch.linalg.pinv(stains)
+def _hed_unit_basis(stains: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mix, unmix)`` of a (..., 3, k) basis in scikit-image's HED units, in ``like``'s dtype and device.
+
+    ``OD = mix @ concentrations`` and ``concentrations = unmix @ OD`` (by least squares when k < 3).
+    Ruifrok's basis, the usual one, is precomputed, with its exact inverse.
+    """
+    if stains is RUIFROK_STAINS:
+        return cast_like(_RUIFROK_MIX, like), cast_like(_RUIFROK_UNMIX, like)
+    stains = stains.to(like)
+    return stains * _HED_LOG_ADJUST, torch.linalg.pinv(stains) / _HED_LOG_ADJUST
 
 
 def shift_weight(od: torch.Tensor, ramp: tuple[float, float] = SHIFT_RAMP) -> torch.Tensor:
@@ -88,7 +94,7 @@ def stain_jitter(
     """Scale and shift stain concentrations in a stain basis; returns a new (B, 3, H, W) RGB batch.
 
     Args:
-        rgb: (B, 3, H, W) float in [0, 1].
+        rgb: (B, 3, H, W) float in [0, 1], or uint8 levels.
         stains: (3, k) or (B, 3, k) stain OD vectors as columns (any non-degenerate basis; ``k <= 3``).
         factors: (B, k) or (k,) multipliers of each stain's concentration (1 = unchanged).
         shifts: (B, k) or (k,) offsets added to each stain's concentration, in scikit-image HED units,
@@ -96,7 +102,9 @@ def stain_jitter(
         ramp: the optical densities between which the shift fades in.
 
     Colour that the basis does not explain (the least-squares residual when ``k < 3``) is kept as it is.
-    Output is clipped into [0, 1]; it has the input's dtype and device.
+    Output is clipped into [0, 1]; it has the input's dtype, device and memory layout. uint8 input is
+    worked in float32 on ``levels / 255`` and rounded back half to even, as :func:`stain_transforms.io.to_batch`
+    and its ``restore`` convert: the same result as converting first, without image-sized float copies.
 
     Example:
         >>> rgb = torch.full((2, 3, 4, 4), 0.6)
@@ -108,26 +116,26 @@ def stain_jitter(
     shape_ok = stains.ndim in (2, 3) and stains.shape[-2] == 3 and 1 <= stains.shape[-1] <= 3
     if not shape_ok or (stains.ndim == 3 and stains.shape[0] != batch):
         raise ValueError(f"stains must have shape (3, k) or ({batch}, 3, k) with k <= 3, got {tuple(stains.shape)}")
-    stains = stains.to(rgb)
+    levels = rgb.dtype == torch.uint8
     k = stains.shape[-1]
-    factors = _per_sample(factors.to(rgb), batch, "factors", (k,))
-    shifts = _per_sample(shifts.to(rgb), batch, "shifts", (k,))
+    # Few, small operations before the pixels: on a small image they cost more than the pixels do.
+    factors = _per_sample(factors.to(rgb.device, torch.float32 if levels else rgb.dtype), batch, "factors", (k,))
+    shifts = _per_sample(shifts.to(factors), batch, "shifts", (k,))
+    mix, unmix = _hed_unit_basis(stains, factors)  # (3, k) and (k, 3), or per image (B, 3, k) and (B, k, 3)
+    if levels:  # a uint8 result has no gradient
+        mix, unmix, factors, shifts = mix.detach(), unmix.detach(), factors.detach(), shifts.detach()
 
     low, high = _check_ramp(ramp)
-    # Concentrations by least squares (the exact inverse for a 3x3 basis), in skimage's HED units.
-    unmix = _unmixing(stains) / _HED_LOG_ADJUST  # (B, k, 3) or, for one shared basis, (k, 3)
-    mix = (stains * _HED_LOG_ADJUST).expand(batch, 3, k)
     # Scaling is one 3x3 matrix per image on the OD: mix @ diag(f - 1) @ unmix.
-    scale = mix @ ((factors - 1.0).unsqueeze(-1) * unmix)
+    scale = (mix * (factors - 1.0).unsqueeze(-2)) @ unmix  # (B, 3, 3)
     scaled_unmix = factors.unsqueeze(-1) * unmix
-    negative = bool((shifts < 0).any())
-    # With m the smallest log-intensity of a pixel (minus its largest OD), clamped into [-high, -low],
-    # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
-    slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
-    # exp() must stay finite, so -dOD is clamped at 30 (anything that large saturates to white anyway).
-    # As log_rgb >= log(MIN_INTENSITY) and the weight <= 1, it can only get there when ``bound`` does.
-    bound = -math.log(MIN_INTENSITY) * scale.abs().sum(dim=-1) + (mix.abs() @ shifts.abs().unsqueeze(-1)).squeeze(-1)
-    clamp_needed = bool((bound > 30.0).any())
+    negative = shifts.amin().item() < 0
+    if negative:
+        minus_mix = (-mix).expand(batch, 3, k)
+    else:
+        # With m the smallest log-intensity of a pixel (minus its largest OD), clamped into [-high, -low],
+        # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
+        slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
 
     def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
         """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), into ``out`` if given. Works on log(I) = -OD."""
@@ -142,25 +150,32 @@ def stain_jitter(
             floor = torch.bmm(scaled_unmix[images], log_rgb).clamp_(max=0.0)
             weight = weight_ramp.mul_(-1.0 / (high - low))
             shift = (weight * shifts[images].unsqueeze(-1)).clamp_(min=floor)
-            minus_delta = torch.bmm(-mix[images], shift).baddbmm_(scale[images], log_rgb)
+            minus_delta = torch.bmm(minus_mix[images], shift).baddbmm_(scale[images], log_rgb)
         else:
             minus_delta = torch.bmm(scale[images], log_rgb).addcmul_(weight_ramp, slope[images])
-        if clamp_needed:
-            minus_delta.clamp_(max=30.0)
-        transmittance = minus_delta.exp_()
+        # exp() must stay finite: -dOD is clamped at 30, where the result is white anyway. (Checking the
+        # draws for whether it can get there takes more operations per call than the clamp.)
+        transmittance = minus_delta.clamp_(max=30.0).exp_()
         return torch.mul(transmittance, pixels, out=out).clamp_(0.0, 1.0)
 
     flat = rgb.flatten(2)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, stains, factors, shifts))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, mix, unmix, factors, shifts))
     if rgb.device.type != "cpu" or needs_grad:
-        return jitter_pixels(flat, slice(None)).view(rgb.shape)
-    # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
-    # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread.
-    out = torch.empty_like(flat)
-    block_size = CPU_BLOCK_PER_THREAD * torch.get_num_threads()
-    for b in range(batch):
-        for start in range(0, flat.shape[2], block_size):
-            block = (slice(b, b + 1), slice(None), slice(start, start + block_size))
+        if not levels:
+            return jitter_pixels(flat, slice(None)).view(rgb.shape)  # without out=, which autograd refuses
+        blocks = [(slice(None),) * 3]  # off the CPU the whole batch is one block
+    else:
+        # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
+        # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread.
+        size = CPU_BLOCK_PER_THREAD * torch.get_num_threads()
+        starts = range(0, flat.shape[2], size)
+        blocks = [(slice(b, b + 1), slice(None), slice(start, start + size)) for b in range(batch) for start in starts]
+    out = torch.empty_like(flat)  # keeps a channel-last input's layout, so that restoring it is free
+    for block in blocks:
+        if levels:
+            pixels = levels_to_unit(flat[block])
+            out[block] = unit_to_levels_(jitter_pixels(pixels, block[0], out=pixels))
+        else:
             jitter_pixels(flat[block], block[0], out=out[block])
     return out.view(rgb.shape)
 
