@@ -138,7 +138,10 @@ def stain_jitter(
         slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
 
     def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), into ``out`` if given. Works on log(I) = -OD."""
+        """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), not yet clipped, into ``out`` if given.
+
+        Works on log(I) = -OD.
+        """
         log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
         weight_ramp = log_rgb.amin(dim=1, keepdim=True).clamp(-high, -low).add_(low)  # = -(high - low) * weight
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
@@ -156,13 +159,13 @@ def stain_jitter(
         # exp() must stay finite: -dOD is clamped at 30, where the result is white anyway. (Checking the
         # draws for whether it can get there takes more operations per call than the clamp.)
         transmittance = minus_delta.clamp_(max=30.0).exp_()
-        return torch.mul(transmittance, pixels, out=out).clamp_(0.0, 1.0)
+        return torch.mul(transmittance, pixels, out=out)
 
     flat = rgb.flatten(2)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, mix, unmix, factors, shifts))
     if rgb.device.type != "cpu" or needs_grad:
         if not levels:
-            return jitter_pixels(flat, slice(None)).view(rgb.shape)  # without out=, which autograd refuses
+            return jitter_pixels(flat, slice(None)).clamp_(0.0, 1.0).view(rgb.shape)  # no out=: autograd refuses it
         blocks = [(slice(None),) * 3]  # off the CPU the whole batch is one block
     else:
         # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
@@ -172,12 +175,22 @@ def stain_jitter(
         blocks = [(slice(b, b + 1), slice(None), slice(start, start + size)) for b in range(batch) for start in starts]
     out = torch.empty_like(flat)  # keeps a channel-last input's layout, so that restoring it is free
     for block in blocks:
-        if levels:
+        if levels:  # unit_to_levels_ clips
             pixels = levels_to_unit(flat[block])
-            out[block] = unit_to_levels_(jitter_pixels(pixels, block[0], out=pixels))
+            _copy_levels(unit_to_levels_(jitter_pixels(pixels, block[0], out=pixels)), out[block])
         else:
-            jitter_pixels(flat[block], block[0], out=out[block])
+            jitter_pixels(flat[block], block[0], out=out[block]).clamp_(0.0, 1.0)
     return out.view(rgb.shape)
+
+
+def _copy_levels(levels: torch.Tensor, into: torch.Tensor) -> None:
+    """Copy (b, 3, n) uint8 ``levels`` into ``into``; into a channel-last one (an array's memory) by
+    gathering the channels, about twice as fast as torch's copy between the two strided layouts."""
+    channel_last = into.transpose(1, 2)
+    if channel_last.is_contiguous():
+        torch.stack(levels.unbind(1), dim=-1, out=channel_last)
+    else:
+        into.copy_(levels)
 
 
 def hed_jitter(
