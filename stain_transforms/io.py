@@ -65,17 +65,20 @@ def _working_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def levels_to_unit(levels: torch.Tensor) -> torch.Tensor:
-    """uint8 levels to a fresh, contiguous float32 tensor in [0, 1]: the one conversion of uint8 input.
+def levels_to_unit(levels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 levels to a contiguous float32 tensor in [0, 1]: the one conversion of uint8 input.
 
-    Contiguous even for a strided input (a permuted view), so that the rounding of later reductions
-    never depends on the input's memory layout.
+    A fresh tensor, or ``out`` (contiguous float32, of ``levels``' shape) if given. Contiguous even for
+    a strided input (a permuted view), so that the rounding of later reductions never depends on the
+    input's memory layout.
 
     Example:
         >>> levels_to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8))
         tensor([0.0000, 0.2000, 1.0000])
     """
-    return levels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    if out is None:
+        return levels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    return out.copy_(levels).div_(255.0)
 
 
 def _from_uint8_or_float(t: torch.Tensor, x: Any, keep_uint8: bool) -> tuple[torch.Tensor, bool]:

@@ -137,25 +137,27 @@ def stain_jitter(
         # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
         slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
 
-    def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+    def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
         """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), not yet clipped, into ``out`` if given.
 
-        Works on log(I) = -OD.
+        Works on log(I) = -OD. The intermediate results go into ``scratch`` where it has tensors.
         """
-        log_rgb = pixels.clamp(min=MIN_INTENSITY).log_()
-        weight_ramp = log_rgb.amin(dim=1, keepdim=True).clamp(-high, -low).add_(low)  # = -(high - low) * weight
+        log_rgb = torch.clamp(pixels, min=MIN_INTENSITY, out=scratch[0]).log_()
+        # = -(high - low) * weight
+        smallest = torch.amin(log_rgb, dim=1, keepdim=True, out=scratch[1])
+        weight_ramp = torch.clamp(smallest, -high, -low, out=scratch[1]).add_(low)
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
         # exact for unit factors and zero shifts, and colour outside the basis (the residual when
         # k < 3) is kept. ``minus_delta`` is -dOD.
         if negative:
             # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
             # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
-            floor = torch.bmm(scaled_unmix[images], log_rgb).clamp_(max=0.0)
+            floor = torch.bmm(scaled_unmix[images], log_rgb, out=scratch[2]).clamp_(max=0.0)
             weight = weight_ramp.mul_(-1.0 / (high - low))
-            shift = (weight * shifts[images].unsqueeze(-1)).clamp_(min=floor)
-            minus_delta = torch.bmm(minus_mix[images], shift).baddbmm_(scale[images], log_rgb)
+            shift = torch.mul(weight, shifts[images].unsqueeze(-1), out=scratch[3]).clamp_(min=floor)
+            minus_delta = torch.bmm(minus_mix[images], shift, out=scratch[4]).baddbmm_(scale[images], log_rgb)
         else:
-            minus_delta = torch.bmm(scale[images], log_rgb).addcmul_(weight_ramp, slope[images])
+            minus_delta = torch.bmm(scale[images], log_rgb, out=scratch[4]).addcmul_(weight_ramp, slope[images])
         # exp() must stay finite: -dOD is clamped at 30, where the result is white anyway. (Checking the
         # draws for whether it can get there takes more operations per call than the clamp.)
         transmittance = minus_delta.clamp_(max=30.0).exp_()
@@ -164,23 +166,42 @@ def stain_jitter(
     flat = rgb.flatten(2)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, mix, unmix, factors, shifts))
     if rgb.device.type != "cpu" or needs_grad:
-        if not levels:
-            return jitter_pixels(flat, slice(None)).clamp_(0.0, 1.0).view(rgb.shape)  # no out=: autograd refuses it
+        if not levels:  # no out= tensors, which autograd refuses
+            return jitter_pixels(flat, slice(None), None, _NO_SCRATCH).clamp_(0.0, 1.0).view(rgb.shape)
         blocks = [(slice(None),) * 3]  # off the CPU the whole batch is one block
+        scratch = _NO_SCRATCH
     else:
         # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
-        # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread.
-        size = CPU_BLOCK_PER_THREAD * torch.get_num_threads()
+        # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread, reusing one set of
+        # scratch buffers (fresh ones per block would be new memory, a page fault per 4 KiB, whenever
+        # malloc has handed the last ones back to the system).
+        size = min(CPU_BLOCK_PER_THREAD * torch.get_num_threads(), flat.shape[2])
         starts = range(0, flat.shape[2], size)
         blocks = [(slice(b, b + 1), slice(None), slice(start, start + size)) for b in range(batch) for start in starts]
+        scratch = _scratch(size, k, factors.dtype)
     out = torch.empty_like(flat)  # keeps a channel-last input's layout, so that restoring it is free
     for block in blocks:
-        if levels:  # unit_to_levels_ clips
-            pixels = levels_to_unit(flat[block])
-            _copy_levels(unit_to_levels_(jitter_pixels(pixels, block[0], out=pixels)), out[block])
+        pixels_in = flat[block]
+        block_scratch = scratch if pixels_in.shape[-1] == size else _NO_SCRATCH  # a ragged last block allocates
+        if levels:  # converted here, in cache; unit_to_levels_ clips
+            pixels = levels_to_unit(pixels_in, out=block_scratch[5])
+            _copy_levels(unit_to_levels_(jitter_pixels(pixels, block[0], pixels, block_scratch)), out[block])
         else:
-            jitter_pixels(flat[block], block[0], out=out[block]).clamp_(0.0, 1.0)
+            jitter_pixels(pixels_in, block[0], out[block], block_scratch).clamp_(0.0, 1.0)
     return out.view(rgb.shape)
+
+
+# Scratch tensors of one block, in the order jitter_pixels uses them: log(I), the shift weight, the
+# shift floor, the shift, -dOD, and the block's pixels converted from uint8; None means "allocate".
+Scratch = tuple[torch.Tensor | None, ...]
+_NO_SCRATCH: Scratch = (None,) * 6
+
+
+def _scratch(size: int, k: int, dtype: torch.dtype) -> Scratch:
+    """One block's scratch tensors, (1, rows, size) with rows 3, 1, k, k, 3 and 3, in one allocation."""
+    rows = (3, 1, k, k, 3, 3)
+    whole = torch.empty(sum(rows) * size, dtype=dtype)
+    return tuple(part.view(1, -1, size) for part in whole.split([r * size for r in rows]))
 
 
 def _copy_levels(levels: torch.Tensor, into: torch.Tensor) -> None:
