@@ -316,6 +316,18 @@ def test_uint8_levels_give_the_bits_of_converting_first(monkeypatch, channel_las
     assert torch.equal(levels, before) and (out != levels).float().mean() > 0.5
 
 
+def test_uint8_levels_in_one_whole_batch_block_as_off_the_cpu(monkeypatch):
+    # The path a GPU takes (the whole batch as one block, no scratch buffers), run here on the CPU.
+    images = np.stack([synthetic_tissue(40, seed=s) for s in range(3)])
+    levels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    factors, shifts = torch.tensor([[1.2, 0.8, 1.1]]).repeat(3, 1), torch.tensor([[0.1, -0.05, 0.0]]).repeat(3, 1)
+    by_blocks = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
+    monkeypatch.setattr("stain_transforms.functional.hed._whole_batch_at_once", lambda rgb, needs_grad: True)
+    whole = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
+    assert whole.dtype == torch.uint8 and whole.stride() == levels.stride()
+    assert (whole.int() - by_blocks.int()).abs().max() <= 1  # batched matrix products may round differently
+
+
 def test_unapplied_uint8_jitter_returns_a_copy():
     image = synthetic_tissue(32, seed=3)
     out = HEDJitter(p=0.0)(image)

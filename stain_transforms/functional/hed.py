@@ -165,20 +165,21 @@ def stain_jitter(
 
     flat = rgb.flatten(2)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (rgb, mix, unmix, factors, shifts))
-    if rgb.device.type != "cpu" or needs_grad:
-        if not levels:  # no out= tensors, which autograd refuses
-            return jitter_pixels(flat, slice(None), None, _NO_SCRATCH).clamp_(0.0, 1.0).view(rgb.shape)
-        blocks = [(slice(None),) * 3]  # off the CPU the whole batch is one block
-        scratch = _NO_SCRATCH
+    whole_batch = _whole_batch_at_once(rgb, needs_grad)
+    if whole_batch and not levels:  # no out= tensors, which autograd refuses
+        return jitter_pixels(flat, slice(None), None, _NO_SCRATCH).clamp_(0.0, 1.0).view(rgb.shape)
+    if whole_batch:
+        size, images, scratch = flat.shape[2], [slice(None)], _NO_SCRATCH
     else:
         # On a CPU, keeping the intermediate results in cache matters more than the number of passes:
         # work image by image, in blocks of CPU_BLOCK_PER_THREAD pixels per thread, reusing one set of
         # scratch buffers (fresh ones per block would be new memory, a page fault per 4 KiB, whenever
         # malloc has handed the last ones back to the system).
         size = min(CPU_BLOCK_PER_THREAD * torch.get_num_threads(), flat.shape[2])
-        starts = range(0, flat.shape[2], size)
-        blocks = [(slice(b, b + 1), slice(None), slice(start, start + size)) for b in range(batch) for start in starts]
+        images = [slice(b, b + 1) for b in range(batch)]
         scratch = _scratch(size, k, factors.dtype)
+    starts = range(0, flat.shape[2], size)
+    blocks = [(image, slice(None), slice(start, start + size)) for image in images for start in starts]
     out = torch.empty_like(flat)  # keeps a channel-last input's layout, so that restoring it is free
     for block in blocks:
         pixels_in = flat[block]
@@ -189,6 +190,11 @@ def stain_jitter(
         else:
             jitter_pixels(pixels_in, block[0], out[block], block_scratch).clamp_(0.0, 1.0)
     return out.view(rgb.shape)
+
+
+def _whole_batch_at_once(rgb: torch.Tensor, needs_grad: bool) -> bool:
+    """Whether to work the whole batch as one block: off the CPU, and where autograd must follow."""
+    return rgb.device.type != "cpu" or needs_grad
 
 
 # Scratch tensors of one block, in the order jitter_pixels uses them: log(I), the shift weight, the

@@ -181,7 +181,7 @@ def init_cyclegan_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
     Example:
         >>> g = init_cyclegan_weights(StainGANGenerator(ngf=8, n_blocks=1))
-        >>> float(g.model[1].bias.abs().max())
+        >>> float(g.model[1].bias.detach().abs().max())
         0.0
     """
     for layer in module.modules():
