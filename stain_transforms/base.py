@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from .io import MIN_SIDE, to_batch
+from .io import is_well_formed, to_batch
 
 
 def _is_plain_array(x: Any) -> bool:
@@ -28,17 +28,12 @@ def _is_image(x: Any) -> bool:
 
 
 def _is_splittable_cpu_batch(x: Any) -> bool:
-    """A (B, H, W, 3) array or a plain (B, 3, H, W) CPU tensor of B > 1 well-formed images.
+    """A well-formed (B, H, W, 3) array or plain (B, 3, H, W) CPU tensor of B > 1 images.
 
     Malformed batches are not split, so that their error describes the batch as the caller gave it.
     """
-    if isinstance(x, np.ndarray):
-        well_formed = x.ndim == 4 and x.shape[-1] == 3 and min(x.shape[1:3]) >= MIN_SIDE
-        return well_formed and len(x) > 1 and (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating))
-    if type(x) is not torch.Tensor or x.ndim != 4 or x.device.type != "cpu":
-        return False
-    well_formed = x.shape[1] == 3 and min(x.shape[2:]) >= MIN_SIDE
-    return well_formed and len(x) > 1 and (x.dtype == torch.uint8 or x.dtype.is_floating_point)
+    on_cpu = isinstance(x, np.ndarray) or (type(x) is torch.Tensor and x.device.type == "cpu")
+    return on_cpu and is_well_formed(x) and x.ndim == 4 and len(x) > 1
 
 
 class StainTransform(v2.Transform):

@@ -234,6 +234,28 @@ def _pil_to_batch(x: PIL.Image.Image, keep_uint8: bool) -> tuple[torch.Tensor, R
     return batch, lambda out: PIL.Image.fromarray(restore_array(out))
 
 
+def is_well_formed(x: Any) -> bool:
+    """Whether ``x`` passes the shape, mode and dtype checks of :func:`to_batch`, without raising.
+
+    An RGB PIL image; an (H, W, 3) or (B, H, W, 3) array or a (3, H, W) or (B, 3, H, W) tensor of uint8
+    or float; every side at least ``MIN_SIDE``. Values (NaN, range) are not looked at. For fast paths
+    that must leave any other input to :func:`to_batch`, whose error then names the problem.
+
+    Example:
+        >>> is_well_formed(np.zeros((4, 4, 3), np.uint8)), is_well_formed(np.zeros((3, 4, 4), np.uint8))
+        (True, False)
+    """
+    if isinstance(x, PIL.Image.Image):
+        return x.mode == "RGB" and min(x.size) >= MIN_SIDE
+    if isinstance(x, np.ndarray):
+        supported = x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)
+        return supported and x.ndim in (3, 4) and x.shape[-1] == 3 and min(x.shape[-3:-1]) >= MIN_SIDE
+    if isinstance(x, torch.Tensor):
+        supported = x.dtype == torch.uint8 or x.dtype.is_floating_point
+        return supported and x.ndim in (3, 4) and x.shape[-3] == 3 and min(x.shape[-2:]) >= MIN_SIDE
+    return False
+
+
 def to_batch(x: ImageLike, keep_uint8: bool = False) -> tuple[torch.Tensor, Restore]:
     """Validate ``x`` and return ``(batch, restore)``.
 

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..base import StainTransform
-from ..io import _to_output_dtype_, _wrap_like
+from ..io import _to_output_dtype_, _wrap_like, is_well_formed
 from ..models.stainnet import StainNet
 
 BACKENDS = ("auto", "conv", "lut")
@@ -215,17 +215,11 @@ class StainNetNormalize(StainTransform):
 
     def _lut_applicable(self, inpt: Any) -> bool:
         """Whether ``inpt`` is a well-formed uint8 RGB image that the table can serve."""
+        if not is_well_formed(inpt):
+            return False
         if isinstance(inpt, PIL.Image.Image):
-            return inpt.mode == "RGB" and min(inpt.size) >= 2
-        if isinstance(inpt, np.ndarray):
-            return (
-                inpt.dtype == np.uint8 and inpt.ndim in (3, 4) and inpt.shape[-1] == 3 and min(inpt.shape[-3:-1]) >= 2
-            )
-        if isinstance(inpt, torch.Tensor):
-            return (
-                inpt.dtype == torch.uint8 and inpt.ndim in (3, 4) and inpt.shape[-3] == 3 and min(inpt.shape[-2:]) >= 2
-            )
-        return False
+            return True  # an RGB PIL image is 8 bits per channel
+        return inpt.dtype == (np.uint8 if isinstance(inpt, np.ndarray) else torch.uint8)
 
     def _wants_lut(self, inpt: Any) -> bool:
         if self.backend == "conv":
