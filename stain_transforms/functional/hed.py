@@ -128,36 +128,41 @@ def stain_jitter(
     low, high = _check_ramp(ramp)
     # Scaling is one 3x3 matrix per image on the OD: mix @ diag(f - 1) @ unmix.
     scale = (mix * (factors - 1.0).unsqueeze(-2)) @ unmix  # (B, 3, 3)
-    scaled_unmix = factors.unsqueeze(-1) * unmix
     negative = shifts.amin().item() < 0
     if negative:
-        minus_mix = (-mix).expand(batch, 3, k)
+        scaled_unmix = factors.unsqueeze(-1) * unmix
+        # -dOD = scale @ log(I) - mix @ shift: one product of [scale, -mix] with [log(I); shift].
+        matrix = torch.cat((scale, (-mix).expand(batch, 3, k)), dim=-1)  # (B, 3, 3 + k)
     else:
         # With m the smallest log-intensity of a pixel (minus its largest OD), clamped into [-high, -low],
-        # the shift's weight is (m + low) / -(high - low); ``slope`` folds that into the shift's -dOD.
+        # the shift's weight is (m + low) / -(high - low); its -dOD is then slope * (m + low), and
+        # -dOD = scale @ log(I) + slope * (m + low): one product of [scale, slope] with [log(I); m + low].
         slope = (mix @ shifts.unsqueeze(-1)) / (high - low)  # (B, 3, 1)
+        matrix = torch.cat((scale, slope), dim=-1)  # (B, 3, 4)
 
     def jitter_pixels(pixels: torch.Tensor, images: slice, out: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
         """Pixels (b, 3, n) of ``images`` -> jittered (b, 3, n), not yet clipped, into ``out`` if given.
 
         Works on log(I) = -OD. The intermediate results go into ``scratch`` where it has tensors.
         """
-        log_rgb = torch.clamp(pixels, min=MIN_INTENSITY, out=scratch[0]).log_()
-        # = -(high - low) * weight
-        smallest = torch.amin(log_rgb, dim=1, keepdim=True, out=scratch[1])
-        weight_ramp = torch.clamp(smallest, -high, -low, out=scratch[1]).add_(low)
-        # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
-        # exact for unit factors and zero shifts, and colour outside the basis (the residual when
-        # k < 3) is kept. ``minus_delta`` is -dOD.
+        operand = scratch[0]  # log(I), and below it what ``matrix`` multiplies: the shifts, or m + low
+        rows = matrix.shape[-1]
+        log_rgb = torch.clamp(pixels, min=MIN_INTENSITY, out=_rows(operand, 0, 3)).log_()
+        # m + low = -(high - low) * weight
+        ramp_into = scratch[1] if negative else _rows(operand, 3, 4)
+        smallest = torch.amin(log_rgb, dim=1, keepdim=True, out=ramp_into)
+        below = torch.clamp(smallest, -high, -low, out=ramp_into).add_(low)
         if negative:
             # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
             # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
             floor = torch.bmm(scaled_unmix[images], log_rgb, out=scratch[2]).clamp_(max=0.0)
-            weight = weight_ramp.mul_(-1.0 / (high - low))
-            shift = torch.mul(weight, shifts[images].unsqueeze(-1), out=scratch[3]).clamp_(min=floor)
-            minus_delta = torch.bmm(minus_mix[images], shift, out=scratch[4]).baddbmm_(scale[images], log_rgb)
-        else:
-            minus_delta = torch.bmm(scale[images], log_rgb, out=scratch[4]).addcmul_(weight_ramp, slope[images])
+            weight = below.mul_(-1.0 / (high - low))
+            below = torch.mul(weight, shifts[images].unsqueeze(-1), out=_rows(operand, 3, rows)).clamp_(min=floor)
+        stacked = torch.cat((log_rgb, below), dim=1) if operand is None else operand[:, :rows]
+        # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
+        # exact for unit factors and zero shifts, and colour outside the basis (the residual when
+        # k < 3) is kept.
+        minus_delta = torch.bmm(matrix[images], stacked, out=scratch[3])
         # exp() must stay finite: -dOD is clamped at 30, where the result is white anyway. (Checking the
         # draws for whether it can get there takes more operations per call than the clamp.)
         transmittance = minus_delta.clamp_(max=30.0).exp_()
@@ -185,11 +190,16 @@ def stain_jitter(
         pixels_in = flat[block]
         block_scratch = scratch if pixels_in.shape[-1] == size else _NO_SCRATCH  # a ragged last block allocates
         if levels:  # converted here, in cache; unit_to_levels_ clips
-            pixels = levels_to_unit(pixels_in, out=block_scratch[5])
+            pixels = levels_to_unit(pixels_in, out=block_scratch[4])
             _copy_levels(unit_to_levels_(jitter_pixels(pixels, block[0], pixels, block_scratch)), out[block])
         else:
             jitter_pixels(pixels_in, block[0], out[block], block_scratch).clamp_(0.0, 1.0)
     return out.view(rgb.shape)
+
+
+def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """Rows ``start:stop`` of a (b, rows, n) scratch tensor, or None (allocate) where there is none."""
+    return None if t is None else t[:, start:stop]
 
 
 def _whole_batch_at_once(rgb: torch.Tensor, needs_grad: bool) -> bool:
@@ -197,25 +207,27 @@ def _whole_batch_at_once(rgb: torch.Tensor, needs_grad: bool) -> bool:
     return rgb.device.type != "cpu" or needs_grad
 
 
-# Scratch tensors of one block, in the order jitter_pixels uses them: log(I), the shift weight, the
-# shift floor, the shift, -dOD, and the block's pixels converted from uint8; None means "allocate".
+# Scratch tensors of one block, in the order jitter_pixels uses them: log(I) with the shifts (or the
+# shift weight) below it, the shift weight, the shift floor, -dOD, and the block's pixels converted
+# from uint8; None means "allocate".
 Scratch = tuple[torch.Tensor | None, ...]
-_NO_SCRATCH: Scratch = (None,) * 6
+_NO_SCRATCH: Scratch = (None,) * 5
 
 
 def _scratch(size: int, k: int, dtype: torch.dtype) -> Scratch:
-    """One block's scratch tensors, (1, rows, size) with rows 3, 1, k, k, 3 and 3, in one allocation."""
-    rows = (3, 1, k, k, 3, 3)
+    """One block's scratch tensors, (1, rows, size) with rows 3 + k, 1, k, 3 and 3, in one allocation."""
+    rows = (3 + k, 1, k, 3, 3)
     whole = torch.empty(sum(rows) * size, dtype=dtype)
     return tuple(part.view(1, -1, size) for part in whole.split([r * size for r in rows]))
 
 
 def _copy_levels(levels: torch.Tensor, into: torch.Tensor) -> None:
-    """Copy (b, 3, n) uint8 ``levels`` into ``into``; into a channel-last one (an array's memory) by
-    gathering the channels, about twice as fast as torch's copy between the two strided layouts."""
-    channel_last = into.transpose(1, 2)
-    if channel_last.is_contiguous():
-        torch.stack(levels.unbind(1), dim=-1, out=channel_last)
+    """Copy (b, 3, n) uint8 ``levels`` into ``into``; into a channel-last one (an array's memory) channel
+    by channel with numpy, about twice as fast as torch's copy or stack between the two strided layouts."""
+    if into.device.type == "cpu" and into.transpose(1, 2).is_contiguous():
+        source, target = levels.numpy(), into.numpy()
+        for channel in range(3):
+            target[:, channel] = source[:, channel]
     else:
         into.copy_(levels)
 
