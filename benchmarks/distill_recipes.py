@@ -15,6 +15,9 @@ follow a slide:
   optical density scaled by 0.8 and by 1.2 (paler and darker staining), each paired with the
   unchanged target: does robustness to stain intensity help on an unseen slide?
 
+It first prints how much stain each slide's patches hold on either scanner, and the ratio of the
+two, which shows how differently each slide maps from one scanner to the other.
+
 For reference it also scores the CycleGAN outputs themselves and the official checkpoint (both
 trained on MITOS by others, on all slides). Each fold keeps its best checkpoint on a 20% split of
 its training patches (split by patch, so that no patch is on both sides).
@@ -74,6 +77,35 @@ def supervision(kind: str, data: Data, names: list[str]) -> PairSet:
     raise ValueError(kind)
 
 
+# Optical density (length of the RGB OD vector) above which a pixel counts as tissue rather than glass.
+TISSUE_OD = 0.2
+
+
+def stain_amount(image: np.ndarray) -> float:
+    """How much stain a patch holds: the 75th percentile of the OD vector's length over its tissue pixels."""
+    length = np.linalg.norm(-np.log(np.maximum(image, 1) / 255.0), axis=-1)
+    tissue = length[length > TISSUE_OD]
+    return float(np.percentile(tissue, 75)) if tissue.size else float("nan")
+
+
+def stain_amount_table(data: Data) -> str:
+    """Per slide: the stain amount of the Aperio source and the Hamamatsu target, and their ratio.
+
+    A per-pixel colour map learnt on some slides can only fit a new slide whose ratio is like theirs.
+    """
+    lines = ["| slide | stain amount, Aperio | stain amount, Hamamatsu | ratio Hamamatsu / Aperio |", "|---|---|---|---|"]
+    for slide in data.slides:
+        names = data.fold(slide)[1]
+        source = np.array([stain_amount(data.source[n]) for n in names])
+        target = np.array([stain_amount(data.target[n]) for n in names])
+        ratio = target / source
+        lines.append(
+            f"| {slide} | {np.nanmean(source):.2f} ± {np.nanstd(source):.2f} | {np.nanmean(target):.2f} ± {np.nanstd(target):.2f}"
+            f" | {np.nanmean(ratio):.2f} ± {np.nanstd(ratio):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def od_scaled(image: np.ndarray, scale: float) -> np.ndarray:
     """An RGB uint8 image with every optical density multiplied by ``scale`` (Beer-Lambert: stain amount)."""
     od = -np.log(np.maximum(image, 1) / 255.0)
@@ -124,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         return 2
     torch.set_num_threads(args.threads)
+    print("Stain amount per slide (75th percentile of the optical density over tissue pixels; mean ± sd over patches):")
+    print(stain_amount_table(data) + "\n", flush=True)
     header = "| StainNet supervision (LOSO) | SSIM target | PSNR target (dB) | SSIM source | " + " | ".join(
         f"PSNR slide {s}" for s in data.slides) + " |"
     print(header)

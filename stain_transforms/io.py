@@ -78,7 +78,7 @@ def levels_to_unit(levels: torch.Tensor, out: torch.Tensor | None = None) -> tor
     """
     if out is None:
         return levels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    return torch.div(levels, 255.0, out=out)  # the same float32 division, in one pass
+    return out.copy_(levels).div_(255.0)
 
 
 def _from_uint8_or_float(t: torch.Tensor, x: Any, keep_uint8: bool) -> tuple[torch.Tensor, bool]:
