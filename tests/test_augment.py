@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from skimage.color import hed2rgb, rgb2hed
 
 from stain_transforms import HEDJitter
 from stain_transforms.functional.color import rgb_to_hed
-from stain_transforms.functional.hed import RUIFROK_STAINS, SHIFT_RAMP, hed_jitter, stain_jitter
+from stain_transforms.functional.hed import RUIFROK_STAINS, SHIFT_RAMP, _scratch, hed_jitter, stain_jitter
 from stain_transforms.io import _to_output_dtype_, levels_to_unit
 from stain_transforms.testing import synthetic_tissue
 
@@ -326,6 +328,30 @@ def test_uint8_levels_in_one_whole_batch_block_as_off_the_cpu(monkeypatch):
     whole = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
     assert whole.dtype == torch.uint8 and whole.stride() == levels.stride()
     assert (whole.int() - by_blocks.int()).abs().max() <= 1  # batched matrix products may round differently
+
+
+def test_kept_scratch_is_reused_and_carries_nothing_between_calls(monkeypatch):
+    # The scratch of a block is kept for the thread's next call (no page faults for new memory); a call
+    # must not see anything of the previous one, whatever its input or dtype.
+    monkeypatch.setattr("stain_transforms.functional.hed.CPU_BLOCK_PER_THREAD", 1024)
+    first, second = (_to_tensor(synthetic_tissue(48, seed=s))[None] for s in (5, 6))
+    factors, shifts = torch.tensor([[1.2, 0.8, 1.1]]), torch.tensor([[0.1, -0.05, 0.02]])
+    expected = stain_jitter(first, RUIFROK_STAINS, factors, shifts)
+    scratch = _scratch(1024 * torch.get_num_threads(), 3, torch.float32)
+    assert scratch is _scratch(1024 * torch.get_num_threads(), 3, torch.float32)
+    stain_jitter(second, RUIFROK_STAINS, factors, -shifts)
+    stain_jitter(second.double() / 255, RUIFROK_STAINS, factors, shifts)
+    assert torch.equal(stain_jitter(first, RUIFROK_STAINS, factors, shifts), expected)
+
+
+def test_threads_jittering_at_once_match_one_at_a_time():
+    images = [_to_tensor(synthetic_tissue(96, seed=s))[None] for s in range(4)]
+    factors, shifts = torch.tensor([[1.2, 0.8, 1.1]]), torch.tensor([[0.1, -0.05, 0.02]])
+    expected = [stain_jitter(image, RUIFROK_STAINS, factors, shifts) for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            results = list(pool.map(lambda image: stain_jitter(image, RUIFROK_STAINS, factors, shifts), images))
+            assert all(torch.equal(out, want) for out, want in zip(results, expected))
 
 
 def test_unapplied_uint8_jitter_returns_a_copy():

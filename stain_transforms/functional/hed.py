@@ -25,6 +25,8 @@ So a white pixel stays exactly white, and a pure background image is returned un
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ..io import gather_channel_last, levels_to_unit, unit_to_levels_
@@ -43,6 +45,8 @@ SHIFT_RAMP = (0.05, 0.25)
 # On a CPU, images are processed in blocks of this many pixels per thread, which keeps the
 # intermediate results in cache; on a GPU the whole batch is one block.
 CPU_BLOCK_PER_THREAD = 2**15
+# A block's scratch tensors up to this size are kept for the thread's next call (see _scratch).
+KEEP_SCRATCH_BYTES = 16 * 2**20
 
 
 def _per_sample(value: torch.Tensor, batch: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -215,10 +219,26 @@ _NO_SCRATCH: Scratch = (None,) * 5
 
 
 def _scratch(size: int, k: int, dtype: torch.dtype) -> Scratch:
-    """One block's scratch tensors, (1, rows, size) with rows 3 + k, 1, k, 3 and 3, in one allocation."""
+    """One block's scratch tensors, (1, rows, size) with rows 3 + k, 1, k, 3 and 3, in one allocation.
+
+    The last one made in this thread is reused when its shape fits (up to ``KEEP_SCRATCH_BYTES``): memory
+    that is new to the process costs a page fault per 4 KiB, and malloc hands freed memory back to the
+    system whenever other code between two calls (the rest of a pipeline) has freed enough of it. On a
+    512x512 image and one thread that was 512 faults, 1 ms, against 3 ms for the work itself.
+    """
+    key = (size, k, dtype)
+    kept = getattr(_KEPT, "scratch", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
     rows = (3 + k, 1, k, 3, 3)
     whole = torch.empty(sum(rows) * size, dtype=dtype)
-    return tuple(part.view(1, -1, size) for part in whole.split([r * size for r in rows]))
+    scratch = tuple(part.view(1, -1, size) for part in whole.split([r * size for r in rows]))
+    if whole.numel() * whole.element_size() <= KEEP_SCRATCH_BYTES:
+        _KEPT.scratch = (key, scratch)
+    return scratch
+
+
+_KEPT = threading.local()
 
 
 def _copy_levels(levels: torch.Tensor, into: torch.Tensor) -> None:
