@@ -152,16 +152,17 @@ def stain_jitter(
         operand = scratch[0]  # log(I), and below it what ``matrix`` multiplies: the shifts, or m + low
         rows = matrix.shape[-1]
         log_rgb = torch.clamp(pixels, min=MIN_INTENSITY, out=_rows(operand, 0, 3)).log_()
-        # m + low = -(high - low) * weight
         ramp_into = scratch[1] if negative else _rows(operand, 3, 4)
         smallest = torch.amin(log_rgb, dim=1, keepdim=True, out=ramp_into)
-        below = torch.clamp(smallest, -high, -low, out=ramp_into).add_(low)
+        ramp = torch.clamp(smallest, -high, -low, out=ramp_into).add_(low)  # m + low = -(high - low) * weight
+        below = ramp
         if negative:
             # A negative shift removes at most the stain that is present: shift >= -max(scaled, 0),
             # where -scaled = (f * unmix) @ log_rgb. (For positive shifts this bound never binds.)
             floor = torch.bmm(scaled_unmix[images], log_rgb, out=scratch[2]).clamp_(max=0.0)
-            weight = below.mul_(-1.0 / (high - low))
-            below = torch.mul(weight, shifts[images].unsqueeze(-1), out=_rows(operand, 3, rows)).clamp_(min=floor)
+            weight = ramp.mul_(-1.0 / (high - low))
+            shift = torch.mul(weight, shifts[images].unsqueeze(-1), out=_rows(operand, 3, rows)).clamp_(min=floor)
+            below = shift
         stacked = torch.cat((log_rgb, below), dim=1) if operand is None else operand[:, :rows]
         # Only the change of optical density dOD is rendered, I_out = I * exp(-dOD): the identity is
         # exact for unit factors and zero shifts, and colour outside the basis (the residual when
