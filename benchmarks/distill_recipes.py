@@ -81,9 +81,14 @@ def supervision(kind: str, data: Data, names: list[str]) -> PairSet:
 TISSUE_OD = 0.2
 
 
+def optical_density(image: np.ndarray) -> np.ndarray:
+    """Per-channel optical density -log(I) of an RGB uint8 image, with level 0 taken as 1 so that it stays finite."""
+    return -np.log(np.maximum(image, 1) / 255.0)
+
+
 def stain_amount(image: np.ndarray) -> float:
     """How much stain a patch holds: the 75th percentile of the OD vector's length over its tissue pixels."""
-    length = np.linalg.norm(-np.log(np.maximum(image, 1) / 255.0), axis=-1)
+    length = np.linalg.norm(optical_density(image), axis=-1)
     tissue = length[length > TISSUE_OD]
     return float(np.percentile(tissue, 75)) if tissue.size else float("nan")
 
@@ -108,8 +113,7 @@ def stain_amount_table(data: Data) -> str:
 
 def od_scaled(image: np.ndarray, scale: float) -> np.ndarray:
     """An RGB uint8 image with every optical density multiplied by ``scale`` (Beer-Lambert: stain amount)."""
-    od = -np.log(np.maximum(image, 1) / 255.0)
-    return np.clip(np.round(255.0 * np.exp(-scale * od)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(255.0 * np.exp(-scale * optical_density(image))), 0, 255).astype(np.uint8)
 
 
 def with_scaled_copies(pairs: PairSet, scales: tuple[float, ...]) -> PairSet:
