@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._kernels.levels import levels_to_unit
 from .base import StainTransform
-from .functional.hed import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
+from .functional.jitter import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
 from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
-from .io import levels_to_unit
 
 BASES = ("ruifrok", "macenko", "vahadane")
 
@@ -67,7 +67,7 @@ class HEDJitter(StainTransform):
     concentration multiplied by ``factors[b, c] ~ U(1 - alpha, 1 + alpha)`` and shifted by
     ``shifts[b, c] ~ U(-beta, beta)`` (scikit-image HED units), with probability ``p`` per image.
     The shift is only applied where there is stain, so white background stays white, and a negative
-    shift never removes more stain than there is; see :mod:`stain_transforms.functional.hed`.
+    shift never removes more stain than there is; see :mod:`stain_transforms.functional.jitter`.
 
     A (B, 3, H, W) batch gets B independent draws in one vectorised pass. Draws come from
     ``generator`` if given, else from torch's global RNG (so ``torch.manual_seed`` reproduces them).

@@ -11,8 +11,9 @@ from skimage.color import hed2rgb, rgb2hed
 
 from stain_transforms import HEDJitter
 from stain_transforms.functional.color import rgb_to_hed
-from stain_transforms.functional.hed import RUIFROK_STAINS, SHIFT_RAMP, _scratch, hed_jitter, stain_jitter
-from stain_transforms.io import _to_output_dtype_, levels_to_unit
+from stain_transforms._kernels import blocks
+from stain_transforms._kernels.levels import levels_to_unit, unit_to_dtype_
+from stain_transforms.functional.jitter import RUIFROK_STAINS, SHIFT_RAMP, hed_jitter, stain_jitter
 from stain_transforms.testing import synthetic_tissue
 
 
@@ -303,7 +304,7 @@ def test_estimated_basis_on_background_and_batches(basis):
 def test_uint8_levels_give_the_bits_of_converting_first(monkeypatch, channel_last, shift_sign):
     # uint8 is converted block by block (odd-sized blocks here, so that the last one is ragged); the
     # result must be exactly that of converting the whole batch to float, jittering and rounding back.
-    monkeypatch.setattr("stain_transforms.functional.hed.CPU_BLOCK_PER_THREAD", 997)
+    monkeypatch.setattr("stain_transforms._kernels.blocks.CPU_BLOCK_PER_THREAD", 997)
     images = np.stack([synthetic_tissue(72, seed=s) for s in range(2)])
     levels = torch.from_numpy(images).permute(0, 3, 1, 2)
     if not channel_last:
@@ -314,7 +315,7 @@ def test_uint8_levels_give_the_bits_of_converting_first(monkeypatch, channel_las
     out = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
     assert out.dtype == torch.uint8 and out.stride() == levels.stride()
     converted = stain_jitter(levels_to_unit(levels), RUIFROK_STAINS, factors, shifts)
-    assert torch.equal(out, _to_output_dtype_(converted, torch.uint8))
+    assert torch.equal(out, unit_to_dtype_(converted, torch.uint8))
     assert torch.equal(levels, before) and (out != levels).float().mean() > 0.5
 
 
@@ -324,7 +325,7 @@ def test_uint8_levels_in_one_whole_batch_block_as_off_the_cpu(monkeypatch):
     levels = torch.from_numpy(images).permute(0, 3, 1, 2)
     factors, shifts = torch.tensor([[1.2, 0.8, 1.1]]).repeat(3, 1), torch.tensor([[0.1, -0.05, 0.0]]).repeat(3, 1)
     by_blocks = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
-    monkeypatch.setattr("stain_transforms.functional.hed._whole_batch_at_once", lambda rgb, needs_grad: True)
+    monkeypatch.setattr("stain_transforms._kernels.jitter.works_in_blocks", lambda rgb, needs_grad: False)
     whole = stain_jitter(levels, RUIFROK_STAINS, factors, shifts)
     assert whole.dtype == torch.uint8 and whole.stride() == levels.stride()
     assert (whole.int() - by_blocks.int()).abs().max() <= 1  # batched matrix products may round differently
@@ -333,13 +334,14 @@ def test_uint8_levels_in_one_whole_batch_block_as_off_the_cpu(monkeypatch):
 def test_kept_scratch_is_reused_and_carries_nothing_between_calls(monkeypatch):
     # The scratch of a block is kept for the thread's next call (no page faults for new memory); a call
     # must not see anything of the previous one, whatever its input or dtype.
-    monkeypatch.setattr("stain_transforms.functional.hed.CPU_BLOCK_PER_THREAD", 1024)
+    monkeypatch.setattr("stain_transforms._kernels.blocks.CPU_BLOCK_PER_THREAD", 1024)
     first, second = (_to_tensor(synthetic_tissue(48, seed=s))[None] for s in (5, 6))
     factors, shifts = torch.tensor([[1.2, 0.8, 1.1]]), torch.tensor([[0.1, -0.05, 0.02]])
     expected = stain_jitter(first, RUIFROK_STAINS, factors, shifts)
-    scratch = _scratch(1024 * torch.get_num_threads(), 3, torch.float32)
-    assert scratch is _scratch(1024 * torch.get_num_threads(), 3, torch.float32)
+    kept = blocks._KEPT.scratch
     stain_jitter(second, RUIFROK_STAINS, factors, -shifts)
+    assert blocks._KEPT.scratch is kept  # reused, and left holding the second image's values
+    assert torch.equal(stain_jitter(first, RUIFROK_STAINS, factors, shifts), expected)
     stain_jitter(second.double() / 255, RUIFROK_STAINS, factors, shifts)
     assert torch.equal(stain_jitter(first, RUIFROK_STAINS, factors, shifts), expected)
 

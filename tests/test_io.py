@@ -1,4 +1,4 @@
-"""Input validation and "same in, same out" conversion (stain_transforms.io)."""
+"""Input validation and "same in, same out" conversion (stain_transforms.conversion)."""
 
 import re
 
@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from stain_transforms.io import _to_channel_last_uint8_, _to_output_dtype_, iter_batches, to_batch
+from stain_transforms.conversion import iter_batches, to_batch
 
 
 def roundtrip(x):
@@ -19,21 +19,6 @@ def test_numpy_hwc_uint8_roundtrip_is_exact(source_tile):
     batch, back = roundtrip(source_tile)
     assert batch.shape == (1, 3, 96, 96) and batch.dtype == torch.float32
     assert back.dtype == np.uint8 and np.array_equal(back, source_tile)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_channel_last_uint8_rounds_like_the_reference_conversion(dtype, contiguous):
-    # Exact ties (k + 0.5) / 255, every grey level, values just outside [0, 1], and random values.
-    values = torch.cat([(torch.arange(255) + 0.5) / 255, torch.arange(256) / 255, torch.tensor([-0.2, -0.0, 1.3])])
-    batch = torch.cat([values, torch.rand(2 * 3 * 16 * 32 - len(values), generator=torch.Generator().manual_seed(0))])
-    batch = batch.reshape(2, 3, 16, 32).to(dtype)
-    if not contiguous:  # a transposed result takes the plain path
-        batch = batch.transpose(2, 3).contiguous().transpose(2, 3)
-    expected = _to_output_dtype_(batch.permute(0, 2, 3, 1).contiguous(), torch.uint8)
-    result = _to_channel_last_uint8_(batch.clone())
-    assert result.shape == (2, 16, 32, 3) and result.dtype == torch.uint8 and result.is_contiguous()
-    assert torch.equal(result, expected)
 
 
 def test_keep_uint8_gives_a_view_and_restore_never_returns_the_callers_memory(source_tile):

@@ -8,7 +8,7 @@ from .concentrations import (
     nnls_concentrations,
     stain_transfer,
 )
-from .hed import hed_jitter, stain_jitter
+from .jitter import hed_jitter, stain_jitter
 from .macenko import macenko_from_od, macenko_stain_matrix
 from .reinhard import lab_statistics, reinhard_transfer
 from .tissue import colour_range, has_enough_tissue, informative_images, is_informative, luminosity, tissue_mask

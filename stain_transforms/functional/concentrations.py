@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .color import MIN_INTENSITY
+from .color.optical_density import MIN_INTENSITY
 
 # A source stain's 99th-percentile concentration is at least this, so the rescaling stays finite.
 MIN_MAX_CONCENTRATION = 1e-4

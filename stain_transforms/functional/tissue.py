@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .color import _XYZ_FROM_RGB, _lab_f_, _srgb_to_linear, cast_like
+from .._kernels.constants import Constant
+from .._kernels.lab import cie_f_, srgb_to_linear
+from .color.lab import XYZ_FROM_RGB
 
 # Pixels darker than this in every channel are clipped black (out-of-slide, pen, saturation), not stain.
 BLACK_LEVEL = 10.0 / 255.0
@@ -14,7 +16,7 @@ MIN_COLOUR_RANGE = 2.0 / 255.0
 # plenty to measure a tissue fraction of a percent, and the same small cost at any tile size.
 CHECK_PIXELS = 4096
 # CIE Y of linear sRGB: the middle row of the sRGB -> XYZ matrix.
-_Y_FROM_LINEAR = _XYZ_FROM_RGB[1:2]
+_Y_FROM_LINEAR = Constant(XYZ_FROM_RGB[1:2])
 
 
 def luminosity(rgb: torch.Tensor) -> torch.Tensor:
@@ -24,13 +26,13 @@ def luminosity(rgb: torch.Tensor) -> torch.Tensor:
         >>> luminosity(torch.ones(1, 3, 2, 2)).flatten().tolist()  # white
         [1.0, 1.0, 1.0, 1.0]
     """
-    return _lab_f_(_relative_luminance(rgb)).mul_(1.16).sub_(0.16)
+    return cie_f_(_relative_luminance(rgb)).mul_(1.16).sub_(0.16)
 
 
 def _relative_luminance(rgb: torch.Tensor) -> torch.Tensor:
     """CIE Y (white = 1) of a (B, 3, H, W) sRGB batch, shape (B, H, W)."""
-    linear = _srgb_to_linear(rgb)
-    return torch.matmul(cast_like(_Y_FROM_LINEAR, linear), linear.flatten(2)).view(linear[:, 0].shape)
+    linear = srgb_to_linear(rgb)
+    return torch.matmul(_Y_FROM_LINEAR.like(linear), linear.flatten(2)).view(linear[:, 0].shape)
 
 
 def _luminance_below(lightness: float) -> float:

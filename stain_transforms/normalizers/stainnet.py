@@ -14,20 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 
+from .._kernels.levels import levels_to_unit
+from .._kernels.lookup_table import apply_table, build_table
 from ..base import StainTransform
-from ..io import _to_output_dtype_, _wrap_like, is_well_formed
 from ..models.stainnet import StainNet
 
 BACKENDS = ("auto", "conv", "lut")
-N_COLOURS = 256**3
-# Colours per chunk when compiling the table: small enough for the activations to stay in cache.
-_CHUNK = 4096
-# Pixels per gather when applying the table.
-_GATHER_CHUNK = 1 << 18
 # Held while a table is built: threads that first need a table together wait for one build
 # instead of each building its own (seconds of CPU and 48 MB each).
 _TABLE_LOCK = threading.Lock()
@@ -68,6 +62,11 @@ class StainNetNormalize(StainTransform):
         >>> out.shape, out.dtype
         ((128, 128, 3), dtype('uint8'))
     """
+
+    accepts_uint8 = True  # uint8 levels go through the lookup table
+    # The table is a per-pixel gather with no float intermediates: a CPU batch gains nothing from
+    # being worked image by image, and would pay for stacking the results.
+    splits_cpu_batches = False
 
     def __init__(self, model: StainNet, backend: str = "auto") -> None:
         super().__init__()
@@ -125,6 +124,17 @@ class StainNetNormalize(StainTransform):
         return self.model
 
     def apply_batch(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """Map a (B, 3, H, W) batch: through the table (uint8 levels, see the backends), else the network."""
+        levels = batch.dtype == torch.uint8
+        if self.backend == "lut" and not levels:
+            raise ValueError(
+                f"backend='lut' needs uint8 images, got {batch.dtype}; use backend='auto' or 'conv' for float input"
+            )
+        if levels and (self.backend == "lut" or (self.backend == "auto" and batch.device.type == "cpu")):
+            return apply_table(self.lookup_table(batch.device), batch)
+        return self._run_network(levels_to_unit(batch) if levels else batch)
+
+    def _run_network(self, batch: torch.Tensor) -> torch.Tensor:
         model = self._model_on(batch.device)
         dtype = next(model.parameters()).dtype
         with torch.no_grad():
@@ -191,112 +201,4 @@ class StainNetNormalize(StainTransform):
         if next(model.parameters()).device.type != "cpu":
             model = copy.deepcopy(model).cpu()  # the table reproduces the CPU path
         dtype = next(model.parameters()).dtype
-        table = torch.empty(N_COLOURS, 3, dtype=torch.uint8)
-        levels = torch.arange(256, dtype=torch.uint8).to(torch.float32) / 255.0  # as io.to_batch converts uint8
-        plane = torch.empty(256 * 256, 3, dtype=torch.float32)  # one blue level: red fastest, then green
-        plane[:, 0] = levels.repeat(256)
-        plane[:, 1] = levels.repeat_interleave(256)
-        # Thousands of small chunks: with several threads each op ends in a barrier, which costs far
-        # more than the work when the cores are shared (DataLoader workers, other jobs). One thread is
-        # predictable, and the result of a pixel does not depend on the thread count.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                for blue in range(256):
-                    plane[:, 2] = levels[blue]
-                    for row in range(0, plane.shape[0], _CHUNK):
-                        out = model.forward_pixels(plane[row : row + _CHUNK].to(dtype)).to(torch.float32)
-                        start = blue * plane.shape[0] + row
-                        table[start : start + _CHUNK] = _to_output_dtype_(out, torch.uint8)  # as io rounds back
-        finally:
-            torch.set_num_threads(threads)
-        return table
-
-    def _lut_applicable(self, inpt: Any) -> bool:
-        """Whether ``inpt`` is a well-formed uint8 RGB image that the table can serve."""
-        if not is_well_formed(inpt):
-            return False
-        if isinstance(inpt, PIL.Image.Image):
-            return True  # an RGB PIL image is 8 bits per channel
-        return inpt.dtype == (np.uint8 if isinstance(inpt, np.ndarray) else torch.uint8)
-
-    def _wants_lut(self, inpt: Any) -> bool:
-        if self.backend == "conv":
-            return False
-        usable = self._lut_applicable(inpt)
-        if self.backend == "lut":
-            if not usable and _is_float_image(inpt):
-                raise ValueError(
-                    f"backend='lut' needs uint8 images, got {inpt.dtype}; use backend='auto' or 'conv' for float input"
-                )
-            return usable  # malformed input goes on to the validating path, which names the problem
-        return usable and (not isinstance(inpt, torch.Tensor) or inpt.device.type == "cpu")
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if self._wants_lut(inpt):
-            return self._apply_table(inpt)
-        return super().transform(inpt, params)
-
-    @torch.no_grad()
-    def _apply_table(self, image: Any) -> Any:
-        if isinstance(image, PIL.Image.Image):
-            return PIL.Image.fromarray(self._apply_table(np.asarray(image)))
-        # On the CPU numpy does the work: single-threaded, so it does not fight DataLoader workers for
-        # cores. Chunks of _GATHER_CHUNK pixels keep the index and output in cache.
-        if isinstance(image, np.ndarray):
-            table = self.lookup_table("cpu").numpy()
-            pixels = image.reshape(-1, 3)
-            out = np.empty(pixels.shape, dtype=np.uint8)
-            for start in range(0, len(pixels), _GATHER_CHUNK):
-                part = slice(start, start + _GATHER_CHUNK)
-                np.take(table, _interleaved_index(pixels[part]), axis=0, out=out[part])
-            return out.reshape(image.shape)
-        # uint8 tensor, channel-first
-        height, width = image.shape[-2:]
-        planes = image.detach().reshape(-1, 3, height * width)
-        if image.device.type == "cpu":
-            table = self.lookup_table("cpu").numpy()
-            source = planes.numpy()
-            out = torch.empty(planes.shape, dtype=torch.uint8)
-            target = out.numpy()
-            for b in range(source.shape[0]):
-                for start in range(0, height * width, _GATHER_CHUNK):
-                    part = slice(start, start + _GATHER_CHUNK)
-                    target[b, :, part] = np.take(table, _planar_index(source[b, :, part]), axis=0).T
-        else:
-            table = self.lookup_table(image.device)
-            p = planes.to(torch.int32)
-            index = p[:, 0] | (p[:, 1] << 8) | (p[:, 2] << 16)
-            out = table.index_select(0, index.reshape(-1)).reshape(-1, height * width, 3).transpose(1, 2)
-        out = out.reshape(image.shape)
-        return out if type(image) is torch.Tensor else _wrap_like(out, image)
-
-
-def _is_float_image(x: Any) -> bool:
-    if isinstance(x, np.ndarray):
-        return np.issubdtype(x.dtype, np.floating)
-    return isinstance(x, torch.Tensor) and x.dtype.is_floating_point
-
-
-def _interleaved_index(image: np.ndarray) -> np.ndarray:
-    """Row index ``r + 256 g + 65536 b`` of every pixel of a (..., 3) uint8 array, shape (...)."""
-    n = image.size // 3
-    # Copy the bytes into a buffer one byte longer, then read each pixel's 3 bytes (plus the next
-    # pixel's first, masked off) as one little-endian uint32: one pass instead of three casts.
-    buffer = np.empty(3 * n + 1, dtype=np.uint8)
-    buffer[: 3 * n] = image.reshape(-1)
-    buffer[3 * n] = 0
-    words = np.ndarray((n,), dtype="<u4", buffer=buffer, strides=(3,))
-    index = np.bitwise_and(words, 0xFFFFFF, dtype=np.uint32).view(np.int32)
-    return index.reshape(image.shape[:-1])
-
-
-def _planar_index(planes: np.ndarray) -> np.ndarray:
-    """Row index of every pixel of (3, N) uint8 planes, shape (N,)."""
-    index = planes[2].astype(np.int32)
-    index <<= 8
-    index |= planes[1]
-    index <<= 8
-    index |= planes[0]
-    return index
+        return build_table(lambda colours: model.forward_pixels(colours.to(dtype)))
