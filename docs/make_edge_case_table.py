@@ -89,7 +89,7 @@ def _cell(outcome) -> str:
 
 def _message(tests: ModuleType, case: str) -> str:
     """The full message the shared validation gives for ``case`` (as the core adapter is given it)."""
-    from stain_transforms.io import to_batch
+    from stain_transforms.conversion import to_batch
 
     try:
         to_batch(tests.CASES[case].make("core"))

@@ -1,9 +1,7 @@
 """stain_transforms: stain normalization and augmentation for histopathology, as pipeline transforms."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .augment import HEDJitter
-from .base import StainTransform
 from .hub import list_weights
 from .normalizers import (
     MacenkoNormalize,
@@ -13,6 +11,7 @@ from .normalizers import (
     StainNormalizer,
     VahadaneNormalize,
 )
+from .transform import StainTransform
 
 __all__ = [
     "StainTransform", "StainNormalizer", "ReinhardNormalize", "MacenkoNormalize", "VahadaneNormalize", "HEDJitter",

@@ -8,10 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._kernels.levels import levels_to_unit
-from .base import StainTransform
+from .transform import StainTransform
 from .functional.jitter import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
 from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
@@ -247,12 +246,29 @@ class HEDJitter(StainTransform):
         draw_device = generator.device if generator is not None else torch.device("cpu")
         lows, widths = _draw_ranges(self.alpha, self.beta, draw_device)
         # Each image's three factors, then its three shifts, then whether it is jittered. All are
-        # always drawn, so that the RNG advances the same way whatever p is.
-        draws = torch.rand(batch_size, 6, generator=generator, device=draw_device)
+        # always drawn, so that the RNG advances the same way whatever p is. The generator is passed
+        # only when there is one: an explicit generator=None breaks torch.compile with dynamic shapes.
+        source = {"generator": generator} if generator is not None else {}
+        draws = torch.rand(batch_size, 6, device=draw_device, **source)
         factors, shifts = torch.addcmul(lows, draws, widths).split(3, dim=1)
-        apply = torch.rand(batch_size, generator=generator, device=draw_device) < self.p
+        apply = torch.rand(batch_size, device=draw_device, **source) < self.p
         params = {"factors": factors, "shifts": shifts, "apply": apply}
         return {name: value.to(device) for name, value in params.items()} if device is not None else params
+
+    def draw_with_numpy(self, rng: np.random.RandomState | np.random.Generator) -> dict[str, np.ndarray]:
+        """One image's factors and shifts, (3,) each, drawn from a numpy generator (albumentations', MONAI's).
+
+        The same ranges as :meth:`generate_parameters`; the adapters draw here so that their
+        frameworks' seeding reproduces them.
+
+        Example:
+            >>> draw = HEDJitter(alpha=0.2, beta=0.1).draw_with_numpy(np.random.default_rng(0))
+            >>> factors, shifts = draw["factors"], draw["shifts"]
+            >>> factors.shape, bool((abs(factors - 1) <= 0.2).all()), bool((abs(shifts) <= 0.1).all())
+            ((3,), True, True)
+        """
+        unit = rng.uniform(-1.0, 1.0, size=(2, 3))
+        return {"factors": 1.0 + np.asarray(self.alpha) * unit[0], "shifts": np.asarray(self.beta) * unit[1]}
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         batch_size = _batch_size(flat_inputs[0]) if flat_inputs else 1
@@ -273,10 +289,7 @@ class HEDJitter(StainTransform):
             >>> torch.equal(jitter.apply_params(image, identity), image)
             True
         """
-        flat_inputs, spec = tree_flatten(inputs)
-        needs = self._needs_transform_list(flat_inputs)
-        outputs = [self.transform(x, params) if need else x for x, need in zip(flat_inputs, needs)]
-        return tree_unflatten(outputs, spec)
+        return self.transform_sample(inputs, params)
 
     def image_params(self, params: dict[str, Any], index: int, batch_size: int) -> dict[str, Any]:
         _check_batch_size(params, batch_size)

@@ -10,51 +10,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .files import expand_image_paths, is_inside, list_images, read_rgb, write_image_atomic
+from .files import is_inside, list_images, read_rgb, write_image_atomic
+from .registry import FITTED, LEARNED, build_normalizer, methods
 
-CLASSICAL_METHODS = ("reinhard", "macenko", "vahadane")
-LEARNED_METHODS = ("stainnet", "staingan")
-
-
-def build_normalizer(method: str, references: list[str] | None, weights: str | None, device: str = "cpu"):
-    """The transform that ``normalize`` applies: a classical one fitted on ``references``, or learned ``weights``.
-
-    Args:
-        method: one of ``reinhard``, ``macenko``, ``vahadane`` (fitted on ``references``: image files
-            or folders), ``stainnet``, ``staingan`` (loaded from ``weights``: a bundled name, a folder
-            or a Hub id).
-        references: target-domain image files or folders, for the classical methods.
-        weights: the learned model, for ``stainnet`` and ``staingan``.
-        device: torch device the transform is moved to.
-
-    Raises:
-        ValueError: for an unknown method, or a missing ``references`` / ``weights``.
-
-    Example:
-        >>> import tempfile
-        >>> from .testing import synthetic_tissue
-        >>> reference = Path(tempfile.mkdtemp()) / "reference.png"
-        >>> write_image_atomic(synthetic_tissue(64, seed=0), reference)
-        >>> type(build_normalizer("macenko", [str(reference)], None)).__name__
-        'MacenkoNormalize'
-        >>> build_normalizer("macenko", None, None)
-        Traceback (most recent call last):
-        ...
-        ValueError: --method macenko needs --reference: one or more images or folders of the target domain
-    """
-    import stain_transforms as st
-
-    if method in CLASSICAL_METHODS:
-        if not references:
-            raise ValueError(f"--method {method} needs --reference: one or more images or folders of the target domain")
-        images = [read_rgb(path) for path in expand_image_paths(references)]
-        return getattr(st, f"{method.capitalize()}Normalize")().fit(images).to(device)
-    if method in LEARNED_METHODS:
-        if not weights:
-            raise ValueError(f"--method {method} needs --weights: a bundled name (see `stain-transforms weights`), a folder or a Hub id")
-        classes = {"stainnet": "StainNetNormalize", "staingan": "StainGANNormalize"}
-        return getattr(st, classes[method]).from_pretrained(weights).to(device)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(CLASSICAL_METHODS + LEARNED_METHODS)}")
+# The --method choices, from the registry's table (build_normalizer lives there too; importable from here as before).
+CLASSICAL_METHODS = methods(FITTED)
+LEARNED_METHODS = methods(LEARNED)
 
 
 def _plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:

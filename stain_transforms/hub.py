@@ -22,6 +22,7 @@ saying so.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -41,12 +42,14 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError, safe_open
 
+from .registry import MODEL_KINDS, model_class, model_kind
+
 WEIGHTS_ENV = "STAIN_TRANSFORMS_WEIGHTS"
 REGISTRY_FILE = "registry.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
-KINDS = ("stainnet", "staingan")
+KINDS = tuple(MODEL_KINDS)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ENTRY_FIELDS = ("kind", "repo_id", "sha256", "source_domain", "target_domain", "training_data")
 
@@ -293,14 +296,10 @@ def _folder_kind(folder: Path) -> str:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON ({error})") from error
-    kind = config.get("model_type")
-    if kind in KINDS:
-        return kind
-    if "n_channel" in config:  # saved by a plain PyTorchModelHubMixin without our model_type
-        return "stainnet"
-    if "ngf" in config:
-        return "staingan"
-    raise ValueError(f"{config_path} describes neither a StainNet nor a StainGAN model")
+    kind = model_kind(config)
+    if kind is None:
+        raise ValueError(f"{config_path} describes neither a StainNet nor a StainGAN model")
+    return kind
 
 
 def _check_safetensors(path: Path) -> None:
@@ -379,85 +378,6 @@ def _download(
     return folder
 
 
-# -- the mixin the models use ------------------------------------------------------------------
-
-
-class HubModelMixin(PyTorchModelHubMixin):
-    """``PyTorchModelHubMixin`` with this library's resolution order and checks.
-
-    ``from_pretrained`` accepts registry names, local folders and Hub repo ids (see the module
-    docstring), loads strictly (a missing tensor is an error, not a random weight) and checks
-    the model kind. ``save_pretrained`` adds ``"model_type"`` to ``config.json``.
-    Subclasses set ``model_type``.
-    """
-
-    model_type: str = ""
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls,
-        pretrained_model_name_or_path: str | Path,
-        *,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        force_download: bool = False,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        endpoint: str | None = None,
-        map_location: str = "cpu",
-    ) -> Any:
-        """Load weights by registry name, local folder or Hub repo id (in that order).
-
-        Raises:
-            ValueError: unknown name, corrupt files, sha256 mismatch, wrong model kind.
-            ConnectionError: no network (or ``HF_HUB_OFFLINE``) and no cached copy.
-        """
-        folder = resolve_pretrained(
-            pretrained_model_name_or_path,
-            kind=cls.model_type or None,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            token=token,
-            local_files_only=local_files_only,
-            endpoint=endpoint,
-        )
-        try:
-            return super().from_pretrained(folder, map_location=map_location, strict=True)
-        except (RuntimeError, SafetensorError, TypeError) as error:
-            raise ValueError(f"{folder} does not hold a valid {cls.__name__}: {error}") from error
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        map_location: str = "cpu",
-        strict: bool = True,
-        **model_kwargs: Any,
-    ) -> Any:
-        # from_pretrained above always hands over a verified local folder.
-        model = cls(**model_kwargs)
-        return cls._load_as_safetensor(model, str(Path(model_id) / WEIGHTS_FILE), map_location, strict)
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        super()._save_pretrained(save_directory)
-        config = {**(self._hub_mixin_config or {}), "model_type": self.model_type}
-        config["stain_transforms_version"] = _version()
-        (save_directory / CONFIG_FILE).write_text(json.dumps(config, sort_keys=True, indent=2), encoding="utf-8")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def load_model(name_or_path: str | Path, **kwargs: Any) -> Any:
     """Load a StainNet or StainGAN generator, whichever the weights hold (for the command line).
 
@@ -469,15 +389,19 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> Any:
         ...     type(load_model(d)).__name__
         'StainNet'
     """
-    from .models import StainGANGenerator, StainNet
-
     folder = resolve_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k != "map_location"})
-    klass = StainNet if _folder_kind(folder) == "stainnet" else StainGANGenerator
-    return klass.from_pretrained(folder, map_location=kwargs.get("map_location", "cpu"))
+    return model_class(_folder_kind(folder)).from_pretrained(folder, map_location=kwargs.get("map_location", "cpu"))
+
+
+def __getattr__(name: str) -> Any:
+    # A deprecated alias: the mixin moved to stain_transforms.models.hub_mixin, which imports this
+    # module, so it is looked up when asked for rather than imported here.
+    if name == "HubModelMixin":
+        return importlib.import_module("stain_transforms.models.hub_mixin").HubModelMixin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "HubModelMixin",
     "WeightsEntry",
     "bundle_weights",
     "file_sha256",

@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +41,40 @@ from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from . import augment
-from .base import StainTransform, transform_class
-from .functional.hed import SHIFT_RAMP
+from .adapters import core_transform, hed_jitter_params, method_docstring
+from .functional.jitter import SHIFT_RAMP
+from .transform import StainTransform
 
 _BACKEND = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+# The docstrings of each method's array and dictionary transforms, filled in from the registry's table.
+_ARRAY_DOC = """:class:`stain_transforms.{core}` as a MONAI array transform.
+
+{summary}
+
+Takes {takes}.
+
+Example:
+    >>> import stain_transforms
+    >>> from stain_transforms.testing import synthetic_tissue
+    >>> core = {example}
+    >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+    >>> {name}(normalizer=core)(tile).shape
+    torch.Size([3, 64, 64])
+"""
+_DICT_DOC = """:class:`{array}` on the entries ``keys`` of a dictionary.
+
+Takes ``keys``, ``allow_missing_keys`` and what :class:`{array}` takes: {takes}.
+
+Example:
+    >>> import stain_transforms
+    >>> from stain_transforms.testing import synthetic_tissue
+    >>> core = {example}
+    >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
+    >>> out = {name}(keys="image", normalizer=core)({{"image": tile, "label": 0}})
+    >>> out["image"].shape, out["label"]
+    (torch.Size([3, 64, 64]), 0)
+"""
 
 
 def _channel_first(img: Any, apply: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -62,112 +92,48 @@ def _channel_first(img: Any, apply: Callable[[torch.Tensor], torch.Tensor]) -> A
 
 
 class _Normalize(Transform):
-    """Base of the normalizer array transforms; subclasses name their core class in ``core``."""
+    """Base of the normalizer array transforms: the core transform of the registry's method ``method``.
+
+    A subclass names its method as a class keyword, ``class X(_Normalize, method="macenko")``.
+    """
 
     backend = _BACKEND
-    core = ""
+    method: ClassVar[str] = ""
+
+    def __init_subclass__(cls, method: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if method:
+            cls.method = method
+            cls.__doc__ = method_docstring(_ARRAY_DOC, method, name=cls.__name__)
 
     def __init__(self, normalizer: StainTransform | None = None) -> None:
-        klass = transform_class(self.core)
-        if not isinstance(normalizer, klass):
-            raise ValueError(
-                f"{type(self).__name__} needs normalizer=, a {klass.__name__}, got {type(normalizer).__name__}"
-            )
-        if not bool(getattr(normalizer, "fitted", True)):
-            raise ValueError(f"the {klass.__name__} is not fitted: call .fit(reference_images) first")
-        self.normalizer = normalizer
+        self.normalizer = core_transform(type(self).__name__, self.method, normalizer)
 
     def __call__(self, img: Any) -> Any:
         return _channel_first(img, self.normalizer)
 
 
 class _ModelNormalize(_Normalize):
-    """A normalizer array transform that can also load its model by ``weights=``."""
+    """A normalizer array transform of a learned method, which also takes ``weights=``."""
 
     def __init__(self, normalizer: StainTransform | None = None, weights: str | None = None) -> None:
-        if (normalizer is None) == (weights is None):
-            raise ValueError(f"{type(self).__name__} needs exactly one of normalizer= and weights=")
-        super().__init__(normalizer if weights is None else transform_class(self.core).from_pretrained(weights))
-
-
-class ReinhardNormalize(_Normalize):
-    """:class:`stain_transforms.ReinhardNormalize` as a MONAI array transform.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> ReinhardNormalize(normalizer=fitted)(tile).shape
-        torch.Size([3, 64, 64])
-    """
-
-    core = "ReinhardNormalize"
-
-
-class MacenkoNormalize(_Normalize):
-    """:class:`stain_transforms.MacenkoNormalize` as a MONAI array transform.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> MacenkoNormalize(normalizer=fitted)(tile).shape
-        torch.Size([3, 64, 64])
-    """
-
-    core = "MacenkoNormalize"
-
-
-class VahadaneNormalize(_Normalize):
-    """:class:`stain_transforms.VahadaneNormalize` as a MONAI array transform.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.VahadaneNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> VahadaneNormalize(normalizer=fitted)(tile).shape
-        torch.Size([3, 64, 64])
-    """
-
-    core = "VahadaneNormalize"
-
-
-class StainNetNormalize(_ModelNormalize):
-    """:class:`stain_transforms.StainNetNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``).
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.models import StainNet
-        >>> transform = StainNetNormalize(normalizer=stain_transforms.StainNetNormalize(StainNet()))
-        >>> transform(torch.full((3, 8, 8), 0.5)).shape
-        torch.Size([3, 8, 8])
-    """
-
-    core = "StainNetNormalize"
-
-
-class StainGANNormalize(_ModelNormalize):
-    """:class:`stain_transforms.StainGANNormalize` as a MONAI array transform (``normalizer=`` or ``weights=``).
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.models import StainGANGenerator
-        >>> core = stain_transforms.StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
-        >>> StainGANNormalize(normalizer=core).normalizer is core
-        True
-    """
-
-    core = "StainGANNormalize"
+        self.normalizer = core_transform(type(self).__name__, self.method, normalizer, weights)
 
 
 class _Normalized(MapTransform):
-    """Base of the normalizer dictionary transforms: the array transform on each key."""
+    """Base of the normalizer dictionary transforms: the array transform ``array_transform`` on each key.
+
+    A subclass names its array transform as a class keyword, ``class Xd(_Normalized, array=X)``.
+    """
 
     backend = _BACKEND
-    array_transform: type[_Normalize] = _Normalize
+    array_transform: ClassVar[type[_Normalize]] = _Normalize
+
+    def __init_subclass__(cls, array: type[_Normalize] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if array is not None:
+            cls.array_transform = array
+            cls.__doc__ = method_docstring(_DICT_DOC, array.method, name=cls.__name__, array=array.__name__)
 
     def __init__(
         self, keys: KeysCollection, normalizer: StainTransform | None = None, allow_missing_keys: bool = False
@@ -183,7 +149,7 @@ class _Normalized(MapTransform):
 
 
 class _ModelNormalized(_Normalized):
-    """A normalizer dictionary transform that can also load its model by ``weights=``."""
+    """A normalizer dictionary transform of a learned method, which also takes ``weights=``."""
 
     def __init__(
         self,
@@ -196,80 +162,34 @@ class _ModelNormalized(_Normalized):
         self.transform = self.array_transform(normalizer=normalizer, weights=weights)
 
 
-class ReinhardNormalized(_Normalized):
-    """:class:`ReinhardNormalize` on the entries ``keys`` of a dictionary.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> out = ReinhardNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
-        >>> out["image"].shape, out["label"]
-        (torch.Size([3, 64, 64]), 0)
-    """
-
-    array_transform = ReinhardNormalize
+class ReinhardNormalize(_Normalize, method="reinhard"): ...
 
 
-class MacenkoNormalized(_Normalized):
-    """:class:`MacenkoNormalize` on the entries ``keys`` of a dictionary.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> out = MacenkoNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
-        >>> out["image"].shape, out["label"]
-        (torch.Size([3, 64, 64]), 0)
-    """
-
-    array_transform = MacenkoNormalize
+class MacenkoNormalize(_Normalize, method="macenko"): ...
 
 
-class VahadaneNormalized(_Normalized):
-    """:class:`VahadaneNormalize` on the entries ``keys`` of a dictionary.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.testing import synthetic_tissue
-        >>> tile = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)
-        >>> fitted = stain_transforms.VahadaneNormalize().fit(synthetic_tissue(64, seed=0))
-        >>> out = VahadaneNormalized(keys="image", normalizer=fitted)({"image": tile, "label": 0})
-        >>> out["image"].shape, out["label"]
-        (torch.Size([3, 64, 64]), 0)
-    """
-
-    array_transform = VahadaneNormalize
+class VahadaneNormalize(_Normalize, method="vahadane"): ...
 
 
-class StainNetNormalized(_ModelNormalized):
-    """:class:`StainNetNormalize` on the entries ``keys`` of a dictionary.
-
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.models import StainNet
-        >>> transform = StainNetNormalized(keys="image", normalizer=stain_transforms.StainNetNormalize(StainNet()))
-        >>> transform({"image": torch.full((3, 8, 8), 0.5)})["image"].shape
-        torch.Size([3, 8, 8])
-    """
-
-    array_transform = StainNetNormalize
+class StainNetNormalize(_ModelNormalize, method="stainnet"): ...
 
 
-class StainGANNormalized(_ModelNormalized):
-    """:class:`StainGANNormalize` on the entries ``keys`` of a dictionary.
+class StainGANNormalize(_ModelNormalize, method="staingan"): ...
 
-    Example:
-        >>> import stain_transforms
-        >>> from stain_transforms.models import StainGANGenerator
-        >>> core = stain_transforms.StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
-        >>> StainGANNormalized(keys=["image"], normalizer=core).keys
-        ('image',)
-    """
 
-    array_transform = StainGANNormalize
+class ReinhardNormalized(_Normalized, array=ReinhardNormalize): ...
+
+
+class MacenkoNormalized(_Normalized, array=MacenkoNormalize): ...
+
+
+class VahadaneNormalized(_Normalized, array=VahadaneNormalize): ...
+
+
+class StainNetNormalized(_ModelNormalized, array=StainNetNormalize): ...
+
+
+class StainGANNormalized(_ModelNormalized, array=StainGANNormalize): ...
 
 
 class RandHEDJitter(RandomizableTransform):
@@ -304,14 +224,8 @@ class RandHEDJitter(RandomizableTransform):
 
     def randomize(self, data: Any = None) -> None:
         super().randomize(None)
-        if not self._do_transform:
-            return
-        unit = self.R.uniform(-1.0, 1.0, size=(2, 3))
-        self.params = {
-            "factors": torch.as_tensor(1.0 + np.asarray(self.jitter.alpha) * unit[0], dtype=torch.float32)[None],
-            "shifts": torch.as_tensor(np.asarray(self.jitter.beta) * unit[1], dtype=torch.float32)[None],
-            "apply": torch.ones(1, dtype=torch.bool),
-        }
+        if self._do_transform:
+            self.params = hed_jitter_params(**self.jitter.draw_with_numpy(self.R))
 
     def __call__(self, img: Any, randomize: bool = True) -> Any:
         if randomize:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from _transforms import TRANSFORMS
+from _transforms import TRANSFORMS, as_form, make_transform
 from torch.utils.data import DataLoader, Dataset
 
 import stain_transforms
@@ -25,18 +25,13 @@ THREADS = 4
 ROUNDS = 3  # each image is transformed this many times, interleaved across the threads
 
 
-@functools.cache
+# StainGAN's tiles are smaller than the images, so that the tiled path runs.
+TRANSFORM_SETTINGS = {"StainGANNormalize": {"tile_size": 32, "overlap": 8}}
+FORMS = ("numpy HWC uint8", "tensor CHW uint8", "tensor CHW float32")  # every conversion path
+
+
 def _core(name: str) -> stain_transforms.StainTransform:
-    klass = getattr(stain_transforms, name)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        if name == "StainNetNormalize":
-            return klass(stain_transforms.models.StainNet(), backend="conv")
-        if name == "StainGANNormalize":  # tiles smaller than the images, so the tiled path runs
-            return klass(stain_transforms.models.StainGANGenerator(ngf=8, n_blocks=1), tile_size=32, overlap=8)
-        if name == "HEDJitter":
-            return klass.strong(p=1.0)
-    return klass().fit([synthetic_tissue(64, seed=s) for s in range(3)])
+    return make_transform(name, **TRANSFORM_SETTINGS.get(name, {}))
 
 
 @functools.cache
@@ -47,12 +42,8 @@ def _images() -> tuple[np.ndarray, ...]:
 
 
 def _inputs() -> list:
-    """Each image as numpy HWC uint8, CHW uint8 tensor and CHW float32 tensor: every conversion path."""
-    out: list = []
-    for image in _images():
-        chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-        out += [image, chw, chw.to(torch.float32) / 255]
-    return out
+    """Each image in each of FORMS."""
+    return [as_form(image, form) for image in _images() for form in FORMS]
 
 
 def _caller(name: str):
@@ -81,14 +72,6 @@ def _serial_and_threaded(call, inputs: list) -> tuple[list, list]:
     return serial * ROUNDS, threaded
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the parallelism under test is the threads'; intra-op threads only contend
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", TRANSFORMS)
 def test_threads_give_the_serial_results(name):
     inputs = _inputs()
@@ -110,7 +93,7 @@ def test_adapters_from_threads_give_the_serial_results(name):
     pipeline = albumentations.Compose([getattr(sta, name)(normalizer=_core(name))])
     dictionary = getattr(stm, f"{name}d")(keys="image", normalizer=_core(name))
     images = list(_images())
-    chws = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in images]
+    chws = [as_form(image, "numpy CHW uint8") for image in images]
     for call, inputs in [
         (lambda i, x: pipeline(image=x)["image"], images),
         (lambda i, x: dictionary({"image": x, "index": i})["image"], chws),

@@ -30,7 +30,6 @@ KNOWN_MISSING = {
     "stain_transforms.demo": {"demo_images", "demo_methods", "run_demo"},
     "stain_transforms.hub": {
         "WeightsEntry", "weights_dir", "load_registry", "file_sha256", "bundle_weights", "resolve_pretrained",
-        "HubModelMixin",
     },
     "stain_transforms.models.staingan": {"ResnetBlock"},
     "stain_transforms.training.cli": {"run_train_staingan", "run_distill"},

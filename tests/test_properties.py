@@ -12,22 +12,20 @@ low-contrast and full-range images are all drawn, at sizes from 2x2 up.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
-from _transforms import TRANSFORMS
+from _transforms import TRANSFORMS, as_form, assert_same_form, make_transform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stain_transforms
-import stain_transforms.models
-from stain_transforms.testing import synthetic_tissue
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 FORMS = ("numpy HWC uint8", "tensor CHW uint8", "tensor BCHW uint8", "tensor CHW float32", "tensor BCHW float64")
 MAX_SIDE = 40
+# StainGAN's tiles are smaller than the largest images, so that its blending runs too.
+TRANSFORM_SETTINGS = {"StainGANNormalize": {"tile_size": 24, "overlap": 8}}
 
 SETTINGS = settings(
     max_examples=20,
@@ -36,23 +34,9 @@ SETTINGS = settings(
 )
 
 
-@functools.cache
-def _core(name: str) -> stain_transforms.StainTransform:
-    klass = getattr(stain_transforms, name)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        if name == "StainNetNormalize":  # untrained but fixed weights; "conv": no 6 s table build for a test
-            return klass(stain_transforms.models.StainNet(), backend="conv")
-        if name == "StainGANNormalize":  # tiles smaller than the largest images, so the blending runs too
-            return klass(stain_transforms.models.StainGANGenerator(ngf=8, n_blocks=1), tile_size=24, overlap=8)
-    return klass().fit([synthetic_tissue(64, seed=s) for s in range(3)])
-
-
 def transform(name: str, seed: int = 0) -> stain_transforms.StainTransform:
     """The fitted transform; for HEDJitter a fresh one drawing from a generator seeded with ``seed``."""
-    if name == "HEDJitter":
-        return stain_transforms.HEDJitter.strong(p=1.0, generator=torch.Generator().manual_seed(seed))
-    return _core(name)
+    return make_transform(name, seed, **TRANSFORM_SETTINGS.get(name, {}))
 
 
 @st.composite
@@ -66,45 +50,13 @@ def uint8_images(draw, batch: int = 1, min_side: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).integers(low, high + 1, (batch, height, width, 3), dtype=np.uint8)
 
 
-def as_form(images: np.ndarray, form: str, device: str):
-    """``images`` (B, H, W, 3) uint8 in one of FORMS (batch forms keep B; others take the first image)."""
-    if form == "numpy HWC uint8":
-        return images[0].copy()
-    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
-    if "float32" in form:
-        tensor = tensor.to(torch.float32) / 255
-    elif "float64" in form:
-        tensor = tensor.to(torch.float64) / 255
-    return tensor if "BCHW" in form else tensor[0]
-
-
-def to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small images: intra-op threads only contend on a shared machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", TRANSFORMS)
 @SETTINGS
 @given(images=uint8_images(batch=3), form=st.sampled_from(FORMS))
 def test_type_shape_dtype_and_device_are_kept_and_values_are_finite_in_range(name, device, images, form):
     x = as_form(images, form, device)
-    out = transform(name)(x)
-    assert type(out) is type(x)
-    assert tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype
-    if isinstance(x, torch.Tensor):
-        assert out.device == x.device
-    values = to_numpy(out)
-    if values.dtype.kind == "f":
-        assert np.isfinite(values).all()
-        assert values.min() >= 0.0 and values.max() <= 1.0
+    assert_same_form(transform(name)(x), x)
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from torchvision import tv_tensors
+from _transforms import CORE_FORMS, as_form, as_numpy, assert_same_form
 
 from stain_transforms import StainGANNormalize
 from stain_transforms.models import StainGANGenerator
@@ -23,15 +23,6 @@ from stain_transforms.testing import synthetic_tissue
 def fixture_generator(seed: int = 0, ngf: int = 8, n_blocks: int = 2) -> StainGANGenerator:
     torch.manual_seed(seed)
     return StainGANGenerator(ngf=ngf, n_blocks=n_blocks).eval()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine: one thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -164,29 +155,28 @@ def test_flat_tiles_inside_a_large_image_are_kept(generator):
 # -- contracts -------------------------------------------------------------------------------------
 
 
+def grey_levels(image) -> np.ndarray:
+    """One image in any form, as float64 (H, W, 3) on the 0-255 scale."""
+    values = as_numpy(image)
+    scale = 255.0 if values.dtype.kind == "f" else 1.0
+    if isinstance(image, torch.Tensor):
+        values = values.reshape(3, *values.shape[-2:]).transpose(1, 2, 0)
+    return values.astype(np.float64) * scale
+
+
 def test_same_in_same_out(generator):
     normalize = StainGANNormalize(generator, tile_size=64, overlap=16)
     image = synthetic_tissue(80, seed=5)
     original = image.copy()
     expected = normalize(image)
-    cases = {
-        "numpy float": image / 255.0,
-        "tensor CHW uint8": torch.from_numpy(image).permute(2, 0, 1),
-        "tensor BCHW float": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
-        "PIL": PIL.Image.fromarray(image),
-        "tv_tensors.Image": tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-    }
-    for name, x in cases.items():
+    for form in CORE_FORMS:
+        x = as_form(image, form)
+        before = as_numpy(x).copy()
         out = normalize(x)
-        assert type(out) is type(x), name
-        if isinstance(out, torch.Tensor):
-            assert out.shape == x.shape and out.dtype == x.dtype, name
-            out = out.reshape(3, 80, 80).permute(1, 2, 0).numpy()
-        out = np.asarray(out, dtype=np.float64)
-        out = out * 255 if out.max() <= 1.0 else out
-        assert np.abs(out - expected).max() <= 1.0, name
+        assert_same_form(out, x)
+        assert np.array_equal(as_numpy(x), before), form  # the input is left alone
+        assert np.abs(grey_levels(out) - expected).max() <= 1.0, form
     assert np.array_equal(image, original)
-    assert normalize(image.astype(np.float64) / 255).dtype == np.float64
 
 
 def test_pickling(generator):

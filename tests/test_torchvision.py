@@ -6,24 +6,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from _transforms import NORMALIZERS, fitted_normalizer
+from _transforms import TRANSFORMS, as_form, as_numpy, assert_same_form, fitted_normalizer, make_transform
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import stain_transforms
-import stain_transforms.models
 from stain_transforms import HEDJitter
 from stain_transforms.testing import synthetic_tissue
-
-
-def every_transform() -> list[str]:
-    return [*NORMALIZERS, "HEDJitter"]
-
-
-def make(name: str) -> stain_transforms.StainTransform:
-    if name == "HEDJitter":
-        return HEDJitter.strong(generator=torch.Generator().manual_seed(0))
-    return fitted_normalizer(name)
 
 
 @pytest.fixture(scope="module")
@@ -31,58 +20,48 @@ def hwc() -> np.ndarray:
     return synthetic_tissue(64, seed=31, stain_scale=1.2)
 
 
-def _replay(transform: stain_transforms.StainTransform, x, params=None):
-    """What the transform does to x alone: the normalizer itself, or the jitter with the same draw."""
+def _replay(transform: stain_transforms.StainTransform, x):
+    """What the transform just did, done to x alone: the normalizer itself, or the jitter with its last draw."""
     if isinstance(transform, HEDJitter):
-        return transform.apply_params(x, params)
+        return transform.apply_params(x, transform.last_params)
     return transform(x)
 
 
-@pytest.mark.parametrize("name", every_transform())
+@pytest.mark.parametrize("name", TRANSFORMS)
 def test_inputs_keep_their_type_in_compose(name, hwc):
-    transform = make(name)
+    transform = make_transform(name)
     pipeline = v2.Compose([transform])
-    chw = torch.from_numpy(hwc).permute(2, 0, 1).contiguous()
-    image = tv_tensors.Image(chw)
-    out = pipeline(image)
-    assert type(out) is tv_tensors.Image and out.dtype == torch.uint8 and out.shape == image.shape
-    assert not torch.equal(out.as_subclass(torch.Tensor), chw)
-    params = getattr(transform, "last_params", None)
-    assert torch.equal(out.as_subclass(torch.Tensor), _replay(transform, chw, params))
-
-    plain = pipeline(chw)
-    assert type(plain) is torch.Tensor and torch.equal(
-        plain, _replay(transform, chw, getattr(transform, "last_params", None))
-    )
-
-    pil = pipeline(PIL.Image.fromarray(hwc))
-    assert isinstance(pil, PIL.Image.Image) and pil.mode == "RGB"
-    expected = _replay(transform, hwc, getattr(transform, "last_params", None))
-    np.testing.assert_array_equal(np.asarray(pil), expected)
+    for form in ("tv_tensors.Image", "tensor CHW uint8", "PIL"):
+        x = as_form(hwc, form)
+        out = pipeline(x)
+        assert_same_form(out, x)
+        # The result is what the transform does to a plain tensor or array of the same image.
+        plain = x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else np.asarray(x)
+        expected = _replay(transform, plain)
+        np.testing.assert_array_equal(as_numpy(out), as_numpy(expected))
+        assert not np.array_equal(as_numpy(out), as_numpy(plain))
 
 
-@pytest.mark.parametrize("name", every_transform())
+@pytest.mark.parametrize("name", TRANSFORMS)
 def test_dict_sample_changes_only_the_image(name, hwc):
-    transform = make(name)
+    transform = make_transform(name)
     chw = torch.from_numpy(hwc).permute(2, 0, 1).contiguous()
     mask = tv_tensors.Mask((chw[0] < 128).to(torch.uint8))
     boxes = tv_tensors.BoundingBoxes([[2, 3, 20, 30]], format="XYXY", canvas_size=(64, 64))
     sample = {"image": tv_tensors.Image(chw), "mask": mask, "boxes": boxes, "label": 3, "name": "tile"}
     out = v2.Compose([transform])(sample)
     assert out["mask"] is mask and out["boxes"] is boxes and out["label"] == 3 and out["name"] == "tile"
-    expected = _replay(transform, chw, getattr(transform, "last_params", None))
+    expected = _replay(transform, chw)
     assert torch.equal(out["image"].as_subclass(torch.Tensor), expected)
 
 
-@pytest.mark.parametrize("name", every_transform())
+@pytest.mark.parametrize("name", TRANSFORMS)
 def test_tuple_samples(name, hwc):
-    transform = make(name)
+    transform = make_transform(name)
     image, label = PIL.Image.fromarray(hwc), torch.tensor(1)
     out_image, out_label = transform((image, label))
     assert out_label is label
-    np.testing.assert_array_equal(
-        np.asarray(out_image), _replay(transform, hwc, getattr(transform, "last_params", None))
-    )
+    np.testing.assert_array_equal(np.asarray(out_image), _replay(transform, hwc))
     # Without an explicit image, the first plain tensor is the image; a later plain tensor is left alone.
     chw = torch.from_numpy(hwc).permute(2, 0, 1).contiguous()
     target = torch.zeros(64, 64, dtype=torch.long)

@@ -35,15 +35,6 @@ from stain_transforms.training.staingan import ImagePool, StainGANConfig, train_
 TINY_GAN = {"ngf": 4, "n_blocks": 1, "ndf": 4, "epochs": 1, "epochs_decay": 1, "crop_size": 32, "pool_size": 3, "n_samples": 2, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: on a shared CPU, thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def teacher_map(image: np.ndarray) -> np.ndarray:
     """A smooth per-pixel colour map standing in for a teacher: darker, redder."""
     x = image.astype(np.float64) / 255.0

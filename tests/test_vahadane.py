@@ -1,48 +1,21 @@
-"""Vahadane: sparse non-negative dictionary learning in torch, against known stains and scipy NNLS.
+"""Vahadane: sparse non-negative dictionary learning in torch, against scipy NNLS, and its seeded subsampling.
 
-The contract tests shared with Macenko (batch = per image, float64 vs float32, pass-through, no NaN,
-input untouched, save/load, fit on many, real scanner pairs) are parametrised over both classes in
-test_macenko.py.
+What Vahadane shares with Macenko (stain vectors recovered from tissue with known stains, the normalizer
+contract, real scanner pairs) is tested for both in test_stain_matrix.py.
 """
 
 import numpy as np
 import pytest
 import torch
+from _stains import STAIN_MATRICES, angles_deg, tissue_with_pure_stains, to_tensor
 from scipy.optimize import nnls
 
 from stain_transforms import VahadaneNormalize
-from stain_transforms.functional.color import rgb_to_od
-from stain_transforms.functional.macenko import REFERENCE_STAIN_MATRIX, macenko_from_od, pixel_masks
-from stain_transforms.functional.vahadane import dictionary_learning, random_pixels, vahadane_stain_matrix
-from stain_transforms.testing import render, synthetic_concentrations
+from stain_transforms.functional import dictionary_learning, macenko_from_od, rgb_to_od, vahadane_stain_matrix
+from stain_transforms.functional.macenko import pixel_masks
+from stain_transforms.functional.vahadane import random_pixels
 
-STAIN_MATRICES = {
-    "typical": [[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]],
-    "ruifrok": [[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]],
-    "warm": [[0.70, 0.28], [0.65, 0.85], [0.30, 0.45]],
-}
 REGULARIZER = 0.1
-
-
-def unit(matrix) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float64)
-    return matrix / np.linalg.norm(matrix, axis=0)
-
-
-def angles_deg(estimate, truth) -> np.ndarray:
-    estimate, truth = unit(np.asarray(estimate)), unit(truth)
-    return np.degrees(np.arccos(np.clip((estimate * truth).sum(0), -1.0, 1.0)))
-
-
-def tissue_with_pure_stains(stain_matrix, size=128, seed=0, scale=1.0) -> np.ndarray:
-    """``synthetic_tissue``'s layout with nucleus cores stained by haematoxylin alone (see test_macenko.py)."""
-    haematoxylin, eosin = scale * synthetic_concentrations(size, seed)
-    eosin = np.where(haematoxylin > 0.6 * scale, 0.02 * eosin, eosin)
-    return render(np.stack([haematoxylin, eosin]), unit(stain_matrix), seed=seed)
-
-
-def to_tensor(image: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(dtype) / 255.0
 
 
 def objective(od: np.ndarray, dictionary: np.ndarray, regularizer: float = REGULARIZER) -> float:
@@ -56,24 +29,6 @@ def objective(od: np.ndarray, dictionary: np.ndarray, regularizer: float = REGUL
         code = nnls(upper, np.linalg.solve(upper.T, dictionary.T @ x - regularizer))[0]
         total += 0.5 * np.sum((x - dictionary @ code) ** 2) + regularizer * code.sum()
     return total
-
-
-@pytest.mark.parametrize("scale", [1.0, 1.5])
-@pytest.mark.parametrize("name", list(STAIN_MATRICES))
-def test_recovers_known_stain_vectors(name, scale):
-    truth = unit(STAIN_MATRICES[name])
-    image = tissue_with_pure_stains(truth, size=160, seed=3, scale=scale)
-    estimate = vahadane_stain_matrix(to_tensor(image))[0].numpy()
-    assert (angles_deg(estimate, truth) < 5.0).all(), angles_deg(estimate, truth)
-    np.testing.assert_allclose(np.linalg.norm(estimate, axis=0), 1.0, atol=1e-6)
-    assert (estimate >= 0).all()
-
-
-def test_recovers_each_image_of_a_batch_with_its_own_stains():
-    truths = [unit(m) for m in STAIN_MATRICES.values()]
-    batch = torch.cat([to_tensor(tissue_with_pure_stains(t, size=128, seed=i)) for i, t in enumerate(truths)])
-    for estimate, truth in zip(vahadane_stain_matrix(batch).numpy(), truths):
-        assert (angles_deg(estimate, truth) < 5.0).all()
 
 
 def learning_problem(size=64, seed=0):
@@ -144,22 +99,6 @@ def test_float64_agrees_with_float32():
     out64 = vahadane_stain_matrix(to_tensor(image, torch.float64))
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out32.double(), out64, atol=1e-4, rtol=0)
-
-
-def test_too_few_usable_pixels_gives_the_reference_matrix():
-    white = torch.ones(1, 3, 32, 32)
-    white[0, :, :2, :2] = 0.5
-    torch.testing.assert_close(vahadane_stain_matrix(white), REFERENCE_STAIN_MATRIX.float()[None])
-
-
-def test_normalizes_onto_the_target_stains():
-    concentrations = synthetic_concentrations(128, seed=6)
-    concentrations[1] = np.where(concentrations[0] > 0.6, 0.02 * concentrations[1], concentrations[1])
-    source = render(concentrations, unit(STAIN_MATRICES["ruifrok"]), seed=6)
-    target = render(concentrations, unit(STAIN_MATRICES["warm"]), seed=7)
-    out = VahadaneNormalize().fit(target)(source)
-    error = np.abs(out.astype(float) - target)
-    assert error.mean() < 2.5 and np.percentile(error, 99) < 12, error.mean()
 
 
 def test_bad_settings_raise_value_error():

@@ -100,7 +100,7 @@ def stain_jitter(
 
     Colour that the basis does not explain (the least-squares residual when ``k < 3``) is kept as it is.
     Output is clipped into [0, 1]; it has the input's dtype, device and memory layout. uint8 input is
-    worked in float32 on ``levels / 255`` and rounded back half to even, as :func:`stain_transforms.io.to_batch`
+    worked in float32 on ``levels / 255`` and rounded back half to even, as :func:`stain_transforms.conversion.to_batch`
     and its ``restore`` convert: the same result as converting first, without image-sized float copies.
 
     Example:

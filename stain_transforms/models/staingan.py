@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hub import HubModelMixin
 from ._card import STAINGAN_CARD
+from .hub_mixin import HubModelMixin
 
 PAPER_URL = "https://arxiv.org/abs/1804.01601"
 REPO_URL = "https://github.com/stain-transforms/stain_transforms"

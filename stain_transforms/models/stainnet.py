@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hub import HubModelMixin
 from ._card import STAINNET_CARD
+from .hub_mixin import HubModelMixin
 
 PAPER_URL = "https://doi.org/10.3389/fmed.2021.746307"
 REPO_URL = "https://github.com/stain-transforms/stain_transforms"

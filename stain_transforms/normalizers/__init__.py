@@ -1,8 +1,9 @@
 """Stateful normalizers: ``fit(references)`` then transform."""
 
-from .base import StainNormalizer
-from .macenko import MacenkoNormalize, StainMatrixNormalizer
+from .macenko import MacenkoNormalize
+from .normalizer import StainNormalizer
 from .reinhard import ReinhardNormalize
+from .stain_matrix import StainMatrixNormalizer
 from .staingan import StainGANNormalize
 from .stainnet import StainNetNormalize
 from .vahadane import VahadaneNormalize

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..functional.reinhard import lab_statistics, reinhard_transfer
-from .base import StainNormalizer
+from .normalizer import StainNormalizer
 
 
 class ReinhardNormalize(StainNormalizer):

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ..base import StainTransform
 from ..functional.tissue import MIN_COLOUR_RANGE, colour_range, informative_images
 from ..models.staingan import StainGANGenerator
+from ..transform import StainTransform
 
 
 class StainGANNormalize(StainTransform):

@@ -18,7 +18,7 @@ import torch
 
 from .._kernels.levels import levels_to_unit
 from .._kernels.lookup_table import apply_table, build_table
-from ..base import StainTransform
+from ..transform import StainTransform
 from ..models.stainnet import StainNet
 
 BACKENDS = ("auto", "conv", "lut")

@@ -13,7 +13,7 @@ from ..functional.vahadane import (
     random_pixels,
     vahadane_from_od,
 )
-from .macenko import StainMatrixNormalizer
+from .stain_matrix import StainMatrixNormalizer
 
 
 class VahadaneNormalize(StainMatrixNormalizer):

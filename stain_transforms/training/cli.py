@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ..files import list_images
+from ..registry import FITTED, build_normalizer, methods
 
-CLASSICAL_TEACHERS = ("reinhard", "macenko", "vahadane")
+CLASSICAL_TEACHERS = methods(FITTED)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+
+
+def _check_out(out: str, overwrite: bool, resume: bool | None = None) -> None:
+    """Refuse to replace a finished model (or, for a trainer that resumes, a checkpoint) in ``out``."""
+    folder = Path(out)
+    if overwrite or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ValueError(f"--out {folder} exists and is not a folder")
+    model = [name for name in ("model.safetensors", "config.json") if (folder / name).exists()]
+    checkpoint = folder / "checkpoints" / "latest.pt"
+    resumable = resume is not None
+    if resume:
+        return  # train-staingan --resume continues from the checkpoint and saves the model again
+    hint = "pass --resume to continue its training or --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+    if model:
+        raise ValueError(f"--out {folder} already holds a model ({folder / model[0]}); {hint}, or choose another --out")
+    if resumable and checkpoint.is_file():
+        raise ValueError(f"--out {folder} holds a training checkpoint ({checkpoint}); {hint}, or choose another --out")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -77,6 +97,7 @@ def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time (resumable)")
     p.add_argument("--samples", type=int, default=4, help="images per domain in the per-epoch sample grid (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest.pt if present")
+    p.add_argument("--overwrite", action="store_true", help="replace a model or checkpoint already in --out")
     val = p.add_argument_group("optional paired validation (registered targets of some source images)")
     val.add_argument("--val-source", help="folder of source images with registered targets")
     val.add_argument("--val-target", help="folder of their registered targets (same file names)")
@@ -92,6 +113,7 @@ def run_train_staingan(args: argparse.Namespace) -> int:
     from .distill import pairs_from_folders
     from .staingan import StainGANConfig, train_staingan
 
+    _check_out(args.out, args.overwrite, resume=args.resume)
     _set_threads(args)
     config = StainGANConfig(
         ngf=args.ngf, n_blocks=args.n_blocks, ndf=args.ndf, n_layers_d=args.n_layers_d,
@@ -140,15 +162,13 @@ def load_teacher(spec: str, references: list[str] | None = None, device: str | t
         >>> type(load_teacher("staingan-mitos-aperio-to-hamamatsu")).__name__
         'StainGANNormalize'
     """
-    from ..cli import build_normalizer
     from ..models import StainGANGenerator, StainNet
+    from ..normalizers import StainGANNormalize, StainNormalizer
 
     if spec in CLASSICAL_TEACHERS:
         return build_normalizer(spec, references, None, str(device))
     path = Path(spec)
     if path.is_file() and path.suffix == ".safetensors":
-        from ..normalizers import StainNormalizer
-
         return StainNormalizer.load(path).to(device)
     if path.is_file() and path.suffix in (".pth", ".pt"):
         try:
@@ -160,8 +180,6 @@ def load_teacher(spec: str, references: list[str] | None = None, device: str | t
 
         model = load_model(spec)
     if isinstance(model, StainGANGenerator):
-        from ..normalizers import StainGANNormalize
-
         # As users apply it: large images in blended tiles, blank images passed through.
         return StainGANNormalize(model).to(device)
     return model.to(device)
@@ -199,6 +217,7 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--shift-csv", help="with --targets: CSV with pair,shift_dy,shift_dx rolled into the targets")
     p.add_argument("--border", type=int, default=0, help="pixels cut from every side of both images (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (save_pretrained: config.json, model.safetensors, README.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--recipe", choices=("fast", "paper"), default="fast", help="default: %(default)s")
     p.add_argument("--n-layer", type=int, default=3, help="StainNet layers (default: %(default)s)")
     p.add_argument("--n-channel", type=int, default=32, help="StainNet width (default: %(default)s)")
@@ -225,6 +244,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from .datasets import read_shifts, split_names
     from .distill import DistillConfig, PairSet, default_device, distill, pairs_from_folders, pairs_from_teacher
 
+    _check_out(args.out, args.overwrite)
     _set_threads(args)
     if bool(args.teacher) == bool(args.teacher_outputs or args.targets):
         raise ValueError("give either --teacher, or --teacher-outputs and/or --targets")
