@@ -109,12 +109,23 @@ def test_a_cycle_is_found() -> None:
     assert find_cycle({"a": {"b": 1}, "b": {}}) is None
 
 
+def imports_from_outside(layer: str, allowed: tuple[str, ...]) -> list[str]:
+    """Imports by the modules of ``layer`` of package modules outside ``layer`` and ``allowed``."""
+    inside = lambda name, prefix: name == prefix or name.startswith(prefix + ".")
+    return [
+        f"{name} imports {target} (line {line})"
+        for name in MODULES
+        if inside(name, layer)
+        for target, line in imports(name)
+        if not any(inside(target, prefix) for prefix in (layer, *allowed))
+    ]
+
+
 def test_functional_imports_nothing_above_it() -> None:
-    outside = []
-    for name in MODULES:
-        if name == f"{PACKAGE}.functional" or name.startswith(f"{PACKAGE}.functional."):
-            for target, line in imports(name):
-                allowed = (f"{PACKAGE}.functional", *FUNCTIONAL_MAY_IMPORT)
-                if not any(target == prefix or target.startswith(prefix + ".") for prefix in allowed):
-                    outside.append(f"{name} imports {target} (line {line})")
+    outside = imports_from_outside(f"{PACKAGE}.functional", FUNCTIONAL_MAY_IMPORT)
     assert not outside, "stain_transforms.functional must import only itself and _kernels:\n  " + "\n  ".join(outside)
+
+
+def test_kernels_are_the_bottom_layer() -> None:
+    outside = imports_from_outside(f"{PACKAGE}._kernels", ())
+    assert not outside, "stain_transforms._kernels must import nothing else of the package:\n  " + "\n  ".join(outside)
