@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="device for our batched call (peers run as they do)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best round counts")
+    parser.add_argument("--peers", nargs="+", help="time only these peers (e.g. skimage, to compare checkouts)")
     args = parser.parse_args()
     global THREADS
     THREADS = args.threads
@@ -130,6 +131,8 @@ def main() -> None:
     from _peers import PEER_AUGMENTERS  # imports each peer lazily, and says which are missing
 
     for method, peer in PEERS:
+        if args.peers is not None and peer not in args.peers:
+            continue
         op = PEER_AUGMENTERS[method][peer](seed=0)
         if op is None:
             print(f"skipped {peer} ({method}): not installed in this environment")

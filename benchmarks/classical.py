@@ -62,14 +62,18 @@ def images_per_second(run: Callable[[], object], images_per_call: int, seconds: 
     return calls * images_per_call / elapsed
 
 
-def candidates(method: str, source: np.ndarray, reference: np.ndarray, include_slow: bool) -> dict[str, tuple[Callable, Callable]]:
-    """name -> (single-image call, batch-of-16 call)."""
+def candidates(
+    method: str, source: np.ndarray, reference: np.ndarray, include_slow: bool, only: list[str] | None = None
+) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (single-image call, batch-of-16 call); peers restricted to ``only`` when given."""
     batch_hwc = np.stack([source] * BATCH)
     ours = {"reinhard": st.ReinhardNormalize, "macenko": st.MacenkoNormalize, "vahadane": st.VahadaneNormalize}[method]()
     ours.fit(reference)
     batch_tensor = torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).contiguous()
     found = {OURS: (lambda: ours(source), lambda: ours(batch_tensor))}
     for peer, factory in PEER_NORMALIZERS[method].items():
+        if only is not None and peer not in only:
+            continue
         if (method, peer) in TOO_SLOW and not include_slow:
             print(f"[{method}] skipping {peer}: {TOO_SLOW[method, peer]} (--include-slow times it)", file=sys.stderr)
             continue
@@ -92,6 +96,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--methods", nargs="+", default=["reinhard", "macenko", "vahadane"])
     parser.add_argument("--include-slow", action="store_true", help="also time peers known to take minutes per image")
+    parser.add_argument("--peers", nargs="+", help="time only these peers (e.g. the fastest ones, to compare checkouts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -101,7 +106,7 @@ def main() -> int:
     print(f"| method | library | img/s single | img/s batch {BATCH} | ours/peer single | ours/peer batch |")
     print("|---|---|---:|---:|---:|---:|")
     for method in args.methods:
-        calls = candidates(method, source, reference, args.include_slow)
+        calls = candidates(method, source, reference, args.include_slow, args.peers)
         best = {name: [0.0, 0.0] for name in calls}
         for _ in range(args.rounds):
             for name, (single, batch) in calls.items():
