@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from albumentations.core.transforms_interface import ImageOnlyTransform
+
+try:
+    from albumentations.core.transforms_interface import ImageOnlyTransform
+except ImportError as error:
+    if (error.name or "").partition(".")[0] != "albumentations":
+        raise
+    raise ImportError(
+        'stain_transforms.albumentations needs albumentations, which is not installed: pip install "stain-transforms[albumentations]"',
+        name=error.name,
+    ) from error
 
 from . import augment
 from .adapters import (

@@ -16,6 +16,8 @@ from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
 
 BASES = ("ruifrok", "macenko", "vahadane")
+# A HEDJitter saved with torch.save holds its generator: allowed under torch.load's default weights_only=True.
+torch.serialization.add_safe_globals([torch.Generator])
 
 
 def _per_channel(value: float | Sequence[float], name: str, upper: float | None = None) -> tuple[float, float, float]:

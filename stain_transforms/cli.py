@@ -7,10 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from .files import is_inside, list_images, read_rgb, write_image_atomic
+from .files import write_image_atomic  # noqa: F401 - the doctests use it
 from .registry import FITTED, LEARNED, build_normalizer, methods
 
 # The --method choices, from the registry's table (build_normalizer lives there too; importable from here as before).
@@ -18,20 +15,13 @@ CLASSICAL_METHODS = methods(FITTED)
 LEARNED_METHODS = methods(LEARNED)
 
 
-def _plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
-    if input_path.is_dir():
-        if is_inside(output_path, input_path):
-            raise ValueError(f"output folder {output_path} is inside the input folder {input_path}; choose another")
-        if output_path.exists() and not output_path.is_dir():
-            raise ValueError(f"input {input_path} is a folder, so output {output_path} must be a folder too")
-        return [(path, output_path / path.name) for path in list_images(input_path)]
-    if not input_path.is_file():
-        raise ValueError(f"input {input_path} does not exist")
-    if output_path.is_dir():
-        return [(input_path, output_path / input_path.name)]
-    if output_path.resolve() == input_path.resolve():
-        raise ValueError("output would overwrite the input file; choose another output path")
-    return [(input_path, output_path)]
+def _plan_outputs(
+    input_path: Path | str, output_path: Path | str, recursive: bool = False, format: str | None = None
+) -> list[tuple[Path, Path]]:
+    # The (input, output) pairs of `normalize`; the rules live in stain_transforms.folders.plan_outputs.
+    from .folders import plan_outputs
+
+    return plan_outputs(input_path, output_path, recursive=recursive, format=format)
 
 
 def _split_input_output(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -42,6 +32,7 @@ def _split_input_output(args: argparse.Namespace) -> tuple[Path, Path]:
     if len(paths) != 2:
         raise ValueError("normalize takes exactly two paths: INPUT and OUTPUT")
     args.reference = references
+    args.paths = paths  # as typed: a trailing "/" makes the output a folder
     return Path(paths[0]), Path(paths[1])
 
 
@@ -61,27 +52,25 @@ def run_normalize(args: argparse.Namespace) -> int:
         normalized 2 of 2 image(s) with reinhard into .../out
         0
     """
+    from .folders import check_existing, ignored_options, normalize_pairs
+
     input_path, output_path = _split_input_output(args)
-    pairs = _plan_outputs(input_path, output_path)
-    if not args.overwrite:
-        existing = [out for _, out in pairs if out.exists()]
-        if existing:
-            raise ValueError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite to replace them")
+    pairs = _plan_outputs(input_path, args.paths[1], recursive=args.recursive, format=args.format)
+    outputs = [destination for _, destination in pairs]
+    for message in ignored_options(
+        args.method, args.reference, args.weights, jpeg_quality=args.jpeg_quality, outputs=outputs, cli=True
+    ):
+        print(f"warning: {message}", file=sys.stderr)
+    if getattr(args, "engine", "local") == "ray" or getattr(args, "resume", False):  # stain_transforms.archive
+        from .archive import run_archive
+
+        return run_archive(args, pairs, output_path)
+    check_existing(pairs, args.overwrite)
     normalizer = build_normalizer(args.method, args.reference, args.weights, args.device)
-    failures: list[str] = []
-    for source, destination in tqdm(pairs, desc=f"normalize ({args.method})", unit="image"):
-        try:
-            # torch.tensor copies: decoded arrays are read-only, which torch.from_numpy warns about.
-            image = torch.tensor(read_rgb(source)).permute(2, 0, 1).to(args.device)
-            result = normalizer(image).permute(1, 2, 0).cpu().numpy()
-            write_image_atomic(result, destination, overwrite=args.overwrite)
-        except ValueError as error:
-            failures.append(f"{source}: {error}")
-            tqdm.write(f"skipped {source}: {error}", file=sys.stderr)
-    done = len(pairs) - len(failures)
-    print(f"normalized {done} of {len(pairs)} image(s) with {args.method} into {output_path}")
-    if failures:
-        print(f"{len(failures)} image(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+    result = normalize_pairs(normalizer, pairs, device=args.device, overwrite=args.overwrite, jpeg_quality=args.jpeg_quality)
+    print(f"normalized {len(result.written)} of {len(pairs)} image(s) with {args.method} into {output_path}")
+    if result.failures:
+        print(f"{len(result.failures)} image(s) failed:", *result.failures, sep="\n  ", file=sys.stderr)
         return 1
     return 0
 
@@ -185,8 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     normalize.add_argument("--weights", metavar="NAME_OR_PATH", help="bundled name, local folder or Hub id (stainnet, staingan)")
     normalize.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     normalize.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    normalize.add_argument(
+        "--recursive", action="store_true",
+        help="also normalize the images in the input folder's subfolders, keeping the subfolders (e.g. classes) in the output",
+    )
+    normalize.add_argument("--format", choices=("png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"), help="output format (default: each input's own)")
+    normalize.add_argument("--jpeg-quality", type=int, metavar="1-100", help="quality of JPEG and WebP outputs (default: 95)")
     normalize.add_argument("paths", nargs="*", metavar="INPUT OUTPUT", help="image file or folder, then the output file or folder (names are kept)")
     normalize.set_defaults(run=run_normalize)
+    from .archive import add_engine_arguments  # --engine ray, --resume: normalizing an archive
+
+    add_engine_arguments(normalize)
 
     evaluate = commands.add_parser("evaluate", help="the StainNet paper's SSIM/PSNR metrics over matching file names")
     evaluate.add_argument("--source", required=True, help="folder of original (unnormalized) images")
@@ -209,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_train_staingan_parser(commands)
         add_distill_parser(commands)
+    from .slides.cli import add_normalize_slide_parser  # reads slides only when run (the [slides] extra)
+
+    add_normalize_slide_parser(commands)
+    from .export import add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 

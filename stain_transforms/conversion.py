@@ -95,7 +95,10 @@ def _tensor_to_batch(x: torch.Tensor, keep_uint8: bool) -> tuple[torch.Tensor, R
         raise ValueError(f"tensor looks channel-last ({_describe(x)}). {hint} Use x.permute(2, 0, 1).")
     _check_channels(channels, x, hint)
     _check_size(x.shape[-2], x.shape[-1], x)
-    given = x.detach().reshape(-1, *x.shape[-3:])
+    # A float tensor that autograd tracks keeps its graph: the batch is computed from it out of place,
+    # so a transform whose maths is differentiable passes gradients back to the caller's tensor.
+    keep_graph = torch.is_grad_enabled() and x.requires_grad
+    given = (x if keep_graph else x.detach()).reshape(-1, *x.shape[-3:])
     batch, integer_input = _from_uint8_or_float(given, x, keep_uint8)
     batch = _check_values(batch, integer_input, x)
     shape, dtype = x.shape, x.dtype
@@ -103,6 +106,8 @@ def _tensor_to_batch(x: torch.Tensor, keep_uint8: bool) -> tuple[torch.Tensor, R
     def restore(out: torch.Tensor) -> torch.Tensor:
         if out.dtype == torch.uint8:  # a result computed on the uint8 levels (keep_uint8)
             result = _owned(out, given).contiguous().reshape(shape)
+        elif keep_graph and out.requires_grad:
+            result = out.clamp(0.0, 1.0).to(dtype).reshape(shape)  # out of place: autograd may need out
         else:
             result = unit_to_dtype_(out, dtype).reshape(shape)
         # Tensor subclasses (MONAI MetaTensor, tv_tensors.Image) keep their type and metadata.
@@ -200,7 +205,9 @@ def to_batch(x: ImageLike, keep_uint8: bool = False) -> tuple[torch.Tensor, Rest
     ``batch`` is a fresh (B, 3, H, W) float tensor in [0, 1] on ``x``'s device (float64 for float64
     input, float32 otherwise); ``restore(out)`` converts a batch of the same shape back to ``x``'s
     type, layout, dtype and device. ``restore`` may overwrite ``out``, which must be the transform's
-    own result (``batch`` itself included), never a tensor the caller still holds.
+    own result (``batch`` itself included), never a tensor the caller still holds. A float tensor that
+    autograd tracks keeps its graph: ``batch`` is computed from it out of place, and ``restore`` works
+    out of place on a result that autograd tracks.
 
     With ``keep_uint8``, uint8 input is not converted: ``batch`` is then a (B, 3, H, W) uint8 view of
     the caller's data (channel-last in memory for arrays and PIL images), which must not be written

@@ -16,7 +16,10 @@ card, written by ``save_pretrained`` of huggingface_hub's ``PyTorchModelHubMixin
 
 Errors: an unknown name lists the available ones; a corrupt file or a sha256 mismatch raises
 ``ValueError``; no network (or ``HF_HUB_OFFLINE``) without a cached copy raises ``ConnectionError``
-saying so.
+saying so. Before downloading, a TCP connection to the Hub's host is tried for 2 s
+(``$STAIN_TRANSFORMS_HUB_PROBE_TIMEOUT`` seconds; 0 turns the probe off; skipped behind a proxy):
+when it fails, a cached copy is used if there is one, and otherwise the ``ConnectionError`` comes at
+once instead of after huggingface_hub's ~25 s of retries.
 """
 
 from __future__ import annotations
@@ -317,6 +320,45 @@ def _check_folder(folder: Path) -> None:
     _check_safetensors(folder / WEIGHTS_FILE)
 
 
+# Seconds to wait for a TCP connection to the Hub before calling it unreachable (0: do not probe).
+PROBE_TIMEOUT_ENV = "STAIN_TRANSFORMS_HUB_PROBE_TIMEOUT"
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the Hub at ``endpoint`` cannot be reached (a TCP connection within a couple of seconds), or None.
+
+    None also when it cannot be told: through a proxy, or with the probe switched off
+    (``$STAIN_TRANSFORMS_HUB_PROBE_TIMEOUT=0``); then huggingface_hub's own timeouts and retries apply.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    timeout = float(os.environ.get(PROBE_TIMEOUT_ENV, "2") or 0)
+    if timeout <= 0 or any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # in a thread, so that a hanging DNS lookup is bounded too
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"cannot connect to {parts.hostname}:{port}: {error.strerror or error}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        return f"no answer from {parts.hostname}:{port} within {timeout:g} s"
+    return outcome[0]
+
+
 def _download(
     repo_id: str,
     revision: str | None,
@@ -337,6 +379,12 @@ def _download(
         "endpoint": endpoint,
     }
     where = endpoint or constants.ENDPOINT
+    unreachable = None
+    if not (local_files_only or constants.HF_HUB_OFFLINE):
+        unreachable = _hub_unreachable(where)
+        if unreachable:
+            # No network: huggingface_hub would retry for ~25 s. A cached copy still loads; else the error below, at once.
+            options["local_files_only"] = True
     try:
         config = hf_hub_download(filename=CONFIG_FILE, **options)
         weights = hf_hub_download(filename=WEIGHTS_FILE, **options)
@@ -353,7 +401,8 @@ def _download(
                 "and model.safetensors"
             ) from None
         raise ConnectionError(
-            f"cannot download {repo_id!r}: the Hugging Face Hub at {where} is unreachable (no network?) and it "
+            f"cannot download {repo_id!r}: the Hugging Face Hub at {where} is unreachable "
+            f"({unreachable or 'no network?'}) and it "
             "is not in the local cache; connect and retry, set HF_HUB_OFFLINE=1 to use cached files only, or "
             "pass the path of a local folder with config.json and model.safetensors"
         ) from None

@@ -14,6 +14,8 @@ wrapper converts types and delegates to the core transform.
 - Augmentation: :class:`RandHEDJitter` / :class:`RandHEDJitterd` (also named ``HEDJitter`` /
   ``HEDJitterd``), ``RandomizableTransform`` s that draw from MONAI's ``self.R``, so
   ``set_random_state`` (or ``Compose(...).set_random_state``) reproduces them.
+- Caching: :func:`hash_transform`, for ``PersistentDataset(..., hash_transform=hash_transform)``, keys
+  the cache on the fitted state of the normalizers, so that a re-fit invalidates it.
 
 Example:
     >>> import torch
@@ -29,16 +31,26 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, Transform
-from monai.utils import TransformBackends
-from monai.utils.type_conversion import convert_to_dst_type
+
+try:
+    from monai.config import KeysCollection
+    from monai.data import MetaTensor
+    from monai.transforms import MapTransform, RandomizableTransform, Transform
+    from monai.utils import TransformBackends
+    from monai.utils.type_conversion import convert_to_dst_type
+except ImportError as error:
+    if (error.name or "").partition(".")[0] != "monai":
+        raise
+    raise ImportError(
+        'stain_transforms.monai needs MONAI, which is not installed: pip install "stain-transforms[monai]"',
+        name=error.name,
+    ) from error
 
 from . import augment
 from .adapters import core_transform, hed_jitter_params, method_docstring
@@ -281,3 +293,51 @@ class RandHEDJitterd(RandomizableTransform, MapTransform):
 
 HEDJitter = RandHEDJitter
 HEDJitterd = RandHEDJitterd
+
+
+def _hash_entry(transform: Any) -> str:
+    """A stable text that changes whenever ``transform``'s output may change (see :func:`hash_transform`)."""
+    name = f"{type(transform).__module__}.{type(transform).__qualname__}"
+    if isinstance(transform, StainTransform):
+        return f"{name}:{transform.content_hash()}"
+    if isinstance(transform, _Normalize):
+        return f"{name}:{transform.normalizer.content_hash()}"
+    if isinstance(transform, _Normalized):
+        keys = [str(key) for key in transform.keys]
+        return f"{name}:{keys}:{transform.allow_missing_keys}:{transform.transform.normalizer.content_hash()}"
+    from monai.data.utils import pickle_hashing
+
+    return f"{name}:{pickle_hashing(transform).decode()}"  # another library's transform: MONAI's own hash
+
+
+def hash_transform(transforms: Any) -> bytes:
+    """A ``hash_transform`` for MONAI's ``PersistentDataset`` that follows the fitted state of stain normalizers.
+
+    MONAI hashes the deterministic transforms at the start of the pipeline into every cache key. Its
+    default (no transform hash) and ``json_hashing`` do not see a normalizer's fitted statistics, so a
+    re-fit serves stale cached outputs; ``pickle_hashing`` differs between two identical fits (pickled
+    tensors record memory addresses), so the cache is never reused. Here each stain_transforms
+    transform (core, array or dictionary) contributes its :meth:`~stain_transforms.StainTransform.content_hash`
+    (class, settings, fitted state or model weights) and its keys; any other transform contributes
+    MONAI's ``pickle_hashing`` of it. Returns a hex sha256 as bytes, as MONAI's hash functions do.
+
+    Example:
+        >>> import tempfile
+        >>> from monai.data import PersistentDataset
+        >>> from monai.transforms import Compose
+        >>> import stain_transforms
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> fitted = stain_transforms.ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+        >>> pipeline = Compose([ReinhardNormalized(keys="image", normalizer=fitted)])
+        >>> data = [{"image": torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)}]
+        >>> dataset = PersistentDataset(data, pipeline, cache_dir=tempfile.mkdtemp(), hash_transform=hash_transform)
+        >>> dataset.transform_hash == hash_transform([pipeline.transforms[0]]).decode()
+        True
+    """
+    if not isinstance(transforms, (list, tuple)):
+        transforms = [transforms]
+    digest = hashlib.sha256()
+    for transform in transforms:
+        digest.update(_hash_entry(transform).encode())
+        digest.update(b"\n")
+    return digest.hexdigest().encode()

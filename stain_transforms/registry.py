@@ -214,11 +214,15 @@ def model_class(name: str) -> type:
 def model_kind(config: Mapping[str, Any]) -> str | None:
     """The model kind that a weights folder's ``config.json`` describes; ``None`` if none.
 
+    A fitted normalizer saved with ``save_pretrained`` is of the kind of its method (``"reinhard"``, ...).
+
     Example:
         >>> model_kind({"model_type": "staingan"}), model_kind({"n_channel": 32}), model_kind({})
         ('staingan', 'stainnet', None)
+        >>> model_kind({"model_type": "macenko"})
+        'macenko'
     """
-    if config.get("model_type") in MODEL_KINDS:
+    if config.get("model_type") in MODEL_KINDS or config.get("model_type") in methods(FITTED):
         return config["model_type"]
     for kind in MODEL_KINDS.values():
         if kind.config_key in config:  # saved by a plain PyTorchModelHubMixin, without our model_type
@@ -266,7 +270,7 @@ def build_normalizer(method: str, references: list[str] | None, weights: str | N
             )
         from .files import expand_image_paths, read_rgb
 
-        images = [read_rgb(path) for path in expand_image_paths(references)]
+        images = [read_rgb(path, allow_grayscale=False) for path in expand_image_paths(references)]
         return row.transform_class().fit(images).to(device)
     if not weights:
         raise ValueError(

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import hashlib
+import json
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,14 +107,31 @@ def _is_splittable_cpu_batch(x: Any) -> bool:
     return on_cpu and is_well_formed(x) and x.ndim == 4 and len(x) > 1
 
 
+_WARNED_DETACHED: set[type] = set()
+
+
+def _warn_detached(klass: type, reason: str) -> None:
+    """Warn, once per class, that a result does not carry gradients back to a tracked input."""
+    if klass in _WARNED_DETACHED:
+        return
+    _WARNED_DETACHED.add(klass)
+    warnings.warn(
+        f"{klass.__name__} returns a result detached from the autograd graph of its input ({reason}); "
+        "gradients do not flow back through it",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 class StainTransform(v2.Transform):
     """A v2 transform that accepts numpy HWC, CHW/BCHW tensors and PIL images, and returns the same.
 
     What a call transforms:
 
     - **one image** (numpy array, tensor, PIL image) or a batch: all of it;
-    - **a list of images** ``[img1, img2, ...]`` (a ``list`` whose entries are all images): every
-      image, each as in its own call, returned as a list of the same types;
+    - **a list of images** ``[img1, img2, ...]`` given as the whole input (a ``list`` whose entries
+      are all images): every image, each as in its own call (a random transform draws for each),
+      returned as a list of the same types;
     - **a sample** (a dict, a tuple such as ``(image, label)``, a list with other entries, nested):
       ``tv_tensors.Image`` and PIL images are transformed; plain tensors and numpy arrays are treated
       as images only when the sample has no explicit image, and then only the first one, as
@@ -147,6 +167,16 @@ class StainTransform(v2.Transform):
     #: Whether a CPU batch is worked one image at a time (see :meth:`transform`). A transform without
     #: float intermediates (a lookup table) sets it to False and takes the batch in one call.
     splits_cpu_batches: bool = True
+    #: Whether :meth:`apply_batch` is differentiable on a float batch. Where it is not, a float tensor
+    #: that autograd tracks is detached (with a warning, once per class) instead of failing in backward.
+    differentiable: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # torch.save(transform) files load with torch.load's default weights_only=True: every transform
+        # class is an allowed global (the models allow their layers). Portable files: StainNormalizer.save,
+        # save_pretrained, or state_dict.
+        torch.serialization.add_safe_globals([cls])
 
     def forward(self, *inputs: Any) -> Any:
         sample = inputs if len(inputs) > 1 else inputs[0]
@@ -191,7 +221,24 @@ class StainTransform(v2.Transform):
         return _rebuild(sample, iter(outputs))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        """Validate ``inpt`` (an image or a batch), apply :meth:`apply_batch`, and return the result as its type."""
+        """Validate ``inpt`` (an image or a batch), apply :meth:`apply_batch`, and return the result as its type.
+
+        A float tensor that autograd tracks (``requires_grad``) keeps its graph where the transform's
+        maths is differentiable, so gradients flow back to it. Where it is not (see
+        :attr:`differentiable`), or where the path taken does not carry gradients, the result is
+        detached, with a warning, once per class.
+        """
+        if not (isinstance(inpt, torch.Tensor) and inpt.requires_grad and torch.is_grad_enabled()):
+            return self._transform(inpt, params)
+        if not self.differentiable:
+            _warn_detached(type(self), "its maths is not differentiable")
+            return self._transform(inpt.detach(), params)
+        out = self._transform(inpt, params)
+        if not out.requires_grad:
+            _warn_detached(type(self), "this input took a path without gradients")
+        return out
+
+    def _transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         # On the CPU a batch goes through one image at a time, with the same result: every float
         # intermediate of a whole batch is tens of MB, out of cache, and each fresh one costs a page
         # fault per 4 KiB. A plain array is split before its conversion to float; other batches
@@ -205,6 +252,33 @@ class StainTransform(v2.Transform):
             images = [self.apply_batch(batch[i : i + 1], self.image_params(params, i, count)) for i in range(count)]
             return restore(torch.cat(images))
         return restore(self.apply_batch(batch, params))
+
+    def content_hash(self) -> str:
+        """Hex sha256 of what decides this transform's output: its class, settings and state.
+
+        The settings are :attr:`config` (where the class has one); the state is ``state_dict()``:
+        fitted statistics, model weights. Two transforms with equal hashes transform alike (up to
+        their random draws, which are not hashed); a re-fit on other references changes the hash, an
+        identical fit does not, in any process. For keying caches, e.g. MONAI's ``PersistentDataset``
+        (:func:`stain_transforms.monai.hash_transform`). ``pickle.dumps`` is no such key: a pickled
+        tensor records the memory address of its storage.
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> first = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> second = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> other = ReinhardNormalize().fit(synthetic_tissue(64, seed=1))
+            >>> first.content_hash() == second.content_hash(), first.content_hash() == other.content_hash()
+            (True, False)
+        """
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}\n".encode())
+        digest.update(json.dumps(getattr(self, "config", None), sort_keys=True, default=repr).encode())
+        for name, value in sorted(self.state_dict().items()):
+            tensor = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"\n{name}:{tensor.dtype}:{tuple(value.shape)}\n".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def image_params(self, params: dict[str, Any], index: int, batch_size: int) -> dict[str, Any]:
         """The parameters for image ``index`` of a batch of ``batch_size`` that is split into images.

@@ -37,6 +37,19 @@ def _seed_and_threads():
     np.random.seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _table_cache(tmp_path_factory):
+    """StainNet's on-disk table cache in a folder of this session: tests neither read tables left by other
+    runs nor leave 48 MB files in ~/.cache. A test that needs its own cache sets STAIN_TRANSFORMS_CACHE itself."""
+    previous = os.environ.get("STAIN_TRANSFORMS_CACHE")
+    os.environ["STAIN_TRANSFORMS_CACHE"] = str(tmp_path_factory.mktemp("stain_transforms_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("STAIN_TRANSFORMS_CACHE", None)
+    else:
+        os.environ["STAIN_TRANSFORMS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def reference_tile() -> np.ndarray:
     return synthetic_tissue(96, seed=0)

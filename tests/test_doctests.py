@@ -19,6 +19,12 @@ import stain_transforms
 
 # Modules that import an optional library, and that library.
 OPTIONAL = {"stain_transforms.albumentations": "albumentations", "stain_transforms.monai": "monai"}
+# The whole-slide modules read and write slides in their examples: the [slides] extra.
+OPTIONAL.update({
+    f"stain_transforms.slides{name}": "tiffslide"
+    for name in ("", ".cli", ".context", ".dataset", ".fit", ".reader", ".statistics", ".testing", ".writer")
+})
+OPTIONAL["stain_transforms.slides.albumentations"] = "albumentations"
 MODULES = sorted(
     info.name
     for info in pkgutil.walk_packages(stain_transforms.__path__, "stain_transforms.")
@@ -27,7 +33,6 @@ MODULES = sorted(
 # Public classes and functions that still lack an ``Example:`` section, by module. Their owners add
 # examples and remove them from here; anything new must come with an example.
 KNOWN_MISSING = {
-    "stain_transforms.demo": {"demo_images", "demo_methods", "run_demo"},
     "stain_transforms.hub": {
         "WeightsEntry", "weights_dir", "load_registry", "file_sha256", "bundle_weights", "resolve_pretrained",
     },

@@ -375,6 +375,7 @@ def test_wheel_ships_the_weights_folder(tmp_path):
     assert "stain_transforms/_weights/registry.json" in names
     assert "stain_transforms/_weights/fixture-stainnet/model.safetensors" in names
     assert "stain_transforms/_weights/fixture-stainnet/config.json" in names
+    assert any(n.startswith("stain_transforms/_demo_tiles/") and n.endswith(".jpg") for n in names)  # the demo's tiles
     assert "stain_transforms/hub.py" in names and "stain_transforms/models/stainnet.py" in names
     # Installed (not editable), offline, without a source tree: the bundled weights load by name.
     site = tmp_path / "site"

@@ -29,7 +29,7 @@ from stain_transforms.training import (
     validation_psnr,
 )
 from stain_transforms.training.datasets import random_crop_flip
-from stain_transforms.training.staingan import ImagePool, StainGANConfig, train_staingan
+from stain_transforms.training.staingan import LABEL_WIDTH, ImagePool, StainGANConfig, train_staingan
 
 # A tiny CycleGAN: a few seconds per run on a CPU.
 TINY_GAN = {"ngf": 4, "n_blocks": 1, "ndf": 4, "epochs": 1, "epochs_decay": 1, "crop_size": 32, "pool_size": 3, "n_samples": 2, "progress": False}
@@ -230,7 +230,7 @@ def test_train_staingan_writes_model_samples_and_resumes_exactly(folders, tmp_pa
         assert (out / path).is_file(), path
     assert straight.epochs_done == 2 and [h["lr"] for h in straight.history] == pytest.approx([2e-4, 1e-4])
     grid = PIL.Image.open(out / "samples" / "epoch_002.png")
-    assert grid.size == (2 * 32, 6 * 32)
+    assert grid.size == (LABEL_WIDTH + 2 * 32, 6 * 32)  # a column of row labels, then 2 images by 6 rows
     loaded = StainGANGenerator.from_pretrained(out)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded(x), straight.generator(x))

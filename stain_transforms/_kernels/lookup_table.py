@@ -10,11 +10,19 @@ the same result with one gather per pixel, many times faster on a CPU than the n
   instead of three casts and shifts (:func:`interleaved_index`).
 - The table is built in chunks of colours that are large enough for torch's threads to pay off, and
   gathered with numpy in chunks that keep the index and the output in cache.
+- Built tables are kept on disk (:func:`cached_table`), keyed by the caller (StainNet: a digest of its
+  weights), and memory-mapped read-only when loaded: DataLoader workers, Ray tasks and later runs load
+  the table in milliseconds instead of building it for seconds, and processes share its pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +34,8 @@ N_COLOURS = 256**3
 _BUILD_CHUNK = 256 * 256
 # Pixels per numpy gather when applying the table.
 GATHER_CHUNK = 1 << 18
+# The folder of the on-disk table cache; by default $XDG_CACHE_HOME/stain_transforms (~/.cache/...).
+CACHE_ENV = "STAIN_TRANSFORMS_CACHE"
 
 
 def build_table(colour_map: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -116,3 +126,106 @@ def apply_table(table: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
             part = slice(start, start + GATHER_CHUNK)
             out[b, :, part] = np.take(table_array, planar_index(planes[b, :, part]), axis=0).T
     return torch.from_numpy(out).view(levels.shape)
+
+
+# -- the on-disk cache ----------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The folder tables are cached in: ``$STAIN_TRANSFORMS_CACHE/lut``, else ``$XDG_CACHE_HOME/stain_transforms/lut``
+    (``~/.cache/stain_transforms/lut``).
+
+    Example:
+        >>> cache_dir().name
+        'lut'
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser() / "lut"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "stain_transforms" / "lut"
+
+
+def read_cached_table(path: Path) -> torch.Tensor | None:
+    """The table in ``path`` (an ``.npy`` file), memory-mapped read-only; ``None`` if absent, unreadable or misshapen.
+
+    Example:
+        >>> read_cached_table(Path("no/such/table.npy")) is None
+        True
+    """
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None  # absent, truncated, or not an .npy file: the caller builds it anew
+    if array.shape != (N_COLOURS, 3) or array.dtype != np.uint8:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": tables are only ever read
+        return torch.from_numpy(array)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created) across processes, where the OS has ``fcntl``; else nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: concurrent builders may each build once
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, table: torch.Tensor) -> None:
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            np.save(handle, table.numpy(), allow_pickle=False)
+        os.replace(partial, path)  # readers see no file or the whole file, never a part
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cached_table(key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The table cached on disk as ``<cache_dir()>/<key>.npy``, built with ``build()`` and stored when absent.
+
+    Plain formula: ``build()``. A cached table is memory-mapped read-only, so processes that load it
+    share its pages. Processes that need the same missing table at once wait for one build (a file
+    lock). A file that cannot be read as a table (truncated, corrupt, misshapen) is built and written
+    anew; one that cannot be written (a read-only home) leaves the table built, in memory. ``key`` must
+    change with anything that changes the table.
+
+    Example:
+        >>> import tempfile
+        >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
+        >>> builds = []
+        >>> invert = lambda: builds.append(1) or build_table(lambda colours: 1.0 - colours)
+        >>> first, second = cached_table("invert", invert), cached_table("invert", invert)
+        >>> len(builds), torch.equal(first, second), (cache_dir() / "invert.npy").is_file()
+        (1, True, True)
+        >>> del os.environ[CACHE_ENV]
+    """
+    folder = cache_dir()
+    path = folder / f"{key}.npy"
+    table = read_cached_table(path)
+    if table is not None:
+        return table
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _exclusive(folder / f".{key}.lock")
+        lock.__enter__()
+    except OSError:
+        return build()  # no cache to write to
+    try:
+        table = read_cached_table(path)  # another process may have built it while this one waited
+        if table is not None:
+            return table
+        table = build()
+        with contextlib.suppress(OSError):
+            _write_atomically(path, table)
+        return table
+    finally:
+        lock.__exit__(None, None, None)

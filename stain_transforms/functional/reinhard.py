@@ -50,6 +50,20 @@ def lab_statistics(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lab_mean, _lab_std(f_cov)
 
 
+def _affine_transfer(f: torch.Tensor, spare: torch.Tensor, scale: torch.Tensor, lab_shift: torch.Tensor) -> torch.Tensor:
+    """RGB of ``lab' = scale * lab_f + lab_shift`` per image, where ``lab_f = K f`` (no offset); f and spare are consumed.
+
+    On f-space, ``f' = K^-1 diag(scale) K f + K^-1 lab_shift``: one 3x3 affine map per image.
+    """
+    to_lab, from_lab = _LAB_FROM_F.like(f), _F_FROM_LAB.like(f)
+    matrix = from_lab @ (scale[..., None] * to_lab)
+    bias = (from_lab @ lab_shift.to(f)[..., None]).expand(f.shape[0], 3, 1)
+    if tracked(f) or tracked(matrix) or tracked(bias):  # autograd (of the image or the targets): no out= buffers
+        return lab_f_to_rgb_(torch.baddbmm(bias, matrix, f.flatten(2)).view_as(f), spare, GAINED_FROM_WHITE_XYZ)
+    torch.baddbmm(bias, matrix, f.flatten(2), out=spare.flatten(2))
+    return lab_f_to_rgb_(spare, f, GAINED_FROM_WHITE_XYZ)
+
+
 def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
     """Give each image of an RGB batch the target's Lab mean and standard deviation, (3,) or (B, 3) each.
 
@@ -66,10 +80,32 @@ def reinhard_transfer(rgb: torch.Tensor, target_mean: torch.Tensor, target_std: 
     scale = target_std.to(f) / _lab_std(f_cov).clamp(min=MIN_STD)  # (B, 3)
     # lab' = scale * (lab - lab_mean) + target_mean with lab = K f + o, so on centred f:
     # f' = K^-1 diag(scale) K (f - f_mean) + K^-1 (target_mean - o).
-    to_lab, from_lab, offset = _LAB_FROM_F.like(f), _F_FROM_LAB.like(f), _LAB_OFFSET.like(f)
-    matrix = from_lab @ (scale[..., None] * to_lab)
-    bias = (from_lab @ (target_mean.to(f) - offset)[..., None]).expand(f.shape[0], 3, 1)
-    if tracked(f):  # autograd: no out= buffers
-        return lab_f_to_rgb_(torch.baddbmm(bias, matrix, f.flatten(2)).view_as(f), spare, GAINED_FROM_WHITE_XYZ)
-    torch.baddbmm(bias, matrix, f.flatten(2), out=spare.flatten(2))
-    return lab_f_to_rgb_(spare, f, GAINED_FROM_WHITE_XYZ)
+    return _affine_transfer(f, spare, scale, target_mean.to(f) - _LAB_OFFSET.like(f))
+
+
+def reinhard_transfer_from(
+    rgb: torch.Tensor,
+    source_mean: torch.Tensor,
+    source_std: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+) -> torch.Tensor:
+    """Reinhard's Lab map with given source statistics: ``lab' = (lab - source_mean) * target_std / source_std + target_mean``.
+
+    Unlike :func:`reinhard_transfer`, the images' own statistics are not measured: every image of
+    the batch gets the same map (when the statistics are (3,)), e.g. the statistics of the whole
+    slide the tiles come from, so that neighbouring tiles match. Each statistic is (3,) or (B, 3).
+
+    Example:
+        >>> rgb = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+        >>> mean, std = lab_statistics(rgb)
+        >>> target_mean, target_std = torch.tensor([70.0, 20.0, -5.0]), torch.tensor([10.0, 6.0, 4.0])
+        >>> torch.allclose(reinhard_transfer_from(rgb, mean, std, target_mean, target_std),
+        ...                reinhard_transfer(rgb, target_mean, target_std))  # own statistics: the same
+        True
+    """
+    f, spare = rgb_to_lab_f_and_spare(rgb, WHITE_XYZ_FROM_GAINED)
+    scale = (target_std.to(f) / source_std.to(f).clamp(min=MIN_STD)).expand(f.shape[0], 3)
+    # lab' = scale * (K f + o - source_mean) + target_mean = scale * K f + (scale * (o - source_mean) + target_mean - o).
+    offset = _LAB_OFFSET.like(f)
+    return _affine_transfer(f, spare, scale, scale * (offset - source_mean.to(f)) + target_mean.to(f) - offset)

@@ -193,3 +193,12 @@ def init_cyclegan_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
             nn.init.normal_(layer.weight, 1.0, gain)
             nn.init.zeros_(layer.bias)
     return module
+
+
+# torch.save of the generator, or of a transform holding it, loads with torch.load's default weights_only=True.
+torch.serialization.add_safe_globals(
+    [
+        StainGANGenerator, ResnetBlock, nn.Sequential, nn.Conv2d, nn.ConvTranspose2d, nn.ReflectionPad2d,
+        nn.InstanceNorm2d, nn.ReLU, nn.Tanh, nn.Dropout,
+    ]
+)

@@ -168,3 +168,7 @@ class StainNet(
         lines += [" ".join(f"{v:.6f}" for v in row) for row in np.asarray(out)]
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+# torch.save of the model, or of a transform holding it, loads with torch.load's default weights_only=True.
+torch.serialization.add_safe_globals([StainNet, nn.Sequential, nn.Conv2d, nn.ReLU])

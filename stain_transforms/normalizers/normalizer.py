@@ -17,14 +17,23 @@ from tqdm.auto import tqdm
 
 from ..functional.tissue import informative_images
 from ..conversion import iter_batches
-from ..registry import register, transform_class
+from ..models._card import FITTED_CARD
+from ..models.hub_mixin import HubModelMixin
+from ..registry import FITTED, METHODS, register, transform_class
 from ..transform import StainTransform
 
 # Fitting on more images than this shows a progress bar.
 PROGRESS_MIN_ITEMS = 8
 
 
-class StainNormalizer(StainTransform):
+class StainNormalizer(
+    HubModelMixin,  # first: its __init_subclass__ takes the card keywords below, then calls v2.Transform's
+    StainTransform,
+    library_name="stain-transforms",
+    tags=["histopathology", "stain-normalization"],
+    repo_url="https://github.com/stain-transforms/stain_transforms",
+    model_card_template=FITTED_CARD,
+):
     """Base class: ``fit(reference images)`` then ``forward(images)``.
 
     Subclasses describe an image by per-image statistics (:meth:`image_statistics`, e.g. Lab
@@ -80,6 +89,9 @@ class StainNormalizer(StainTransform):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         register(cls)  # so that StainNormalizer.load reads the files of every normalizer, a user's own too
+        # The registry's fitted methods are Hub "models" of their method's kind (config.json's model_type).
+        row = next((row for row in METHODS.values() if row.class_name == cls.__name__ and row.kind == FITTED), None)
+        cls.model_type = row.name if row is not None else ""
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -182,12 +194,13 @@ class StainNormalizer(StainTransform):
             >>> torch.equal(pooled["mean"], ReinhardNormalize().fit(tiles).target_mean)
             True
         """
+        single = isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image))
         if progress is None:
-            single = isinstance(images, (np.ndarray, torch.Tensor, PIL.Image.Image))
             progress = not single and (not isinstance(images, Sized) or len(images) > PROGRESS_MIN_ITEMS)
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in self.statistics}
         seen = 0
-        for batch in tqdm(iter_batches(images), desc=desc, disable=not progress, unit="batch"):
+        total = len(images) if isinstance(images, Sized) and not single else None  # a list, a DataLoader: its length
+        for batch in tqdm(iter_batches(images), desc=desc, disable=not progress, unit="batch", total=total):
             seen += batch.shape[0]
             usable = batch[self.informative(batch)]
             if usable.shape[0] == 0:
@@ -327,6 +340,33 @@ class StainNormalizer(StainTransform):
         return cache[batch.device]
 
     # -- persistence -------------------------------------------------------------------------
+    # save()/load(): one .safetensors file. save_pretrained()/from_pretrained()/push_to_hub() (from
+    # HubModelMixin): a Hub-style folder (config.json, model.safetensors, README.md), resolved by
+    # folder or Hub repo id as the models' weights are (stain_transforms.hub).
+
+    def _pretrained_config(self) -> dict[str, Any]:
+        return dict(self.config)  # the settings now, not those the object was made with
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``README.md`` card of :meth:`save_pretrained`: what was fitted, and ``kwargs`` (``model_card_kwargs``).
+
+        Fields: ``title``, ``target_domain``, ``training_data`` (the references), ``load_name``, and the
+        licence (``license``, ``license_name``, ``license_link``; see
+        :meth:`~stain_transforms.models.hub_mixin.HubModelMixin.generate_model_card`).
+
+        Example:
+            >>> from stain_transforms import ReinhardNormalize
+            >>> card = ReinhardNormalize().generate_model_card(target_domain="site B", license="cc0-1.0")
+            >>> card.data.license, "site B" in card.text, "`target_mean`" in card.text
+            ('cc0-1.0', True, True)
+        """
+        fields = {
+            "transform_name": type(self).__name__,
+            "method_title": (self.model_type or type(self).__name__).capitalize(),
+            "statistics": ", ".join(f"`target_{name}`" for name in self.statistics) or "none",
+            **kwargs,
+        }
+        return super().generate_model_card(*args, **fields)
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted state to a ``.safetensors`` file, with the settings as JSON metadata; returns the path.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional.reinhard import lab_statistics, reinhard_transfer
+from ..functional.reinhard import lab_statistics, reinhard_transfer, reinhard_transfer_from
 from .normalizer import StainNormalizer
 
 
@@ -64,3 +64,17 @@ class ReinhardNormalize(StainNormalizer):
             [76, 20, -4]
         """
         return reinhard_transfer(batch, self.target_mean, self.target_std)
+
+    def normalize_with(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map Lab ``(lab - source mean) * target std / source std + target mean``, with the given source statistics.
+
+        ``source["mean"]`` and ``source["std"]`` are (3,) (one map for the batch) or (B, 3).
+
+        Example:
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> normalizer = ReinhardNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> batch = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+            >>> torch.allclose(normalizer.normalize_with(batch, normalizer.image_statistics(batch)), normalizer.normalize(batch))
+            True
+        """
+        return reinhard_transfer_from(batch, source["mean"], source["std"], self.target_mean, self.target_std)

@@ -124,6 +124,8 @@ class StainMatrixNormalizer(StainNormalizer):
         # As StainNormalizer.apply_batch, but the subsample and its tissue mask serve both to pick
         # the informative images and to estimate their statistics, instead of being computed twice.
         self._require_fitted()
+        if self.source is not None:
+            return self.normalize_with(batch, self._source_on(batch))
         pixels = self.sample(batch)
         tissue = pixel_masks(pixels, self.luminosity_threshold)
         usable = self._informative(pixels, tissue)
@@ -136,6 +138,22 @@ class StainMatrixNormalizer(StainNormalizer):
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         return self._normalize(batch, self.image_statistics(batch))
+
+    def normalize_with(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unmix with the given source stain matrix and maximum concentrations, remix with the target.
+
+        ``source["stain_matrix"]`` is (3, 2) or (B, 3, 2), ``source["max_concentrations"]`` (2,) or (B, 2).
+
+        Example:
+            >>> from stain_transforms import MacenkoNormalize
+            >>> from stain_transforms.testing import synthetic_tissue
+            >>> normalizer = MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
+            >>> batch = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)[None] / 255.0
+            >>> own = normalizer.image_statistics(batch)  # the image's own statistics: as normalize()
+            >>> torch.allclose(normalizer.normalize_with(batch, own), normalizer.normalize(batch))
+            True
+        """
+        return self._normalize(batch, source)
 
     def _normalize(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
         return stain_transfer(

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from ..functional.tissue import MIN_COLOUR_RANGE, colour_range, informative_images
+from ..hub import resolve_pretrained
+from ..models.hub_mixin import add_transform_settings, push_folder, transform_settings
 from ..models.staingan import StainGANGenerator
 from ..transform import StainTransform
 
@@ -87,21 +89,39 @@ class StainGANNormalize(StainTransform):
         cls,
         name_or_path: str | Path,
         *,
-        tile_size: int = 512,
-        overlap: int = 64,
-        luminosity_threshold: float = 0.8,
-        min_tissue_fraction: float = 0.01,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        luminosity_threshold: float | None = None,
+        min_tissue_fraction: float | None = None,
+        map_location: str = "cpu",
         **hub_kwargs: Any,
     ) -> StainGANNormalize:
-        """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`)."""
-        model = StainGANGenerator.from_pretrained(name_or_path, **hub_kwargs)
-        return cls(
-            model,
-            tile_size,
-            overlap,
-            luminosity_threshold=luminosity_threshold,
-            min_tissue_fraction=min_tissue_fraction,
-        )
+        """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`).
+
+        The settings default to those :meth:`save_pretrained` recorded, else to the constructor's
+        defaults; those given here override them. ``hub_kwargs`` (``revision``, ``cache_dir``,
+        ``token``, ``local_files_only``, ``endpoint``, ...) go to :func:`~stain_transforms.hub.resolve_pretrained`.
+
+        Example:
+            >>> import tempfile
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> saved = StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16)
+            >>> _ = saved.save_pretrained(folder)
+            >>> loaded = StainGANNormalize.from_pretrained(folder, overlap=8)
+            >>> loaded.tile_size, loaded.overlap
+            (64, 8)
+        """
+        folder = resolve_pretrained(name_or_path, kind=StainGANGenerator.model_type, **hub_kwargs)
+        given = {
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "luminosity_threshold": luminosity_threshold,
+            "min_tissue_fraction": min_tissue_fraction,
+        }
+        saved = transform_settings(folder, cls.__name__)
+        settings = {name: saved[name] for name in given if name in saved}  # as saved ...
+        settings.update({name: value for name, value in given.items() if value is not None})  # ... unless given
+        return cls(StainGANGenerator.from_pretrained(folder, map_location=map_location), **settings)
 
     @classmethod
     def from_cyclegan_checkpoint(cls, path: str | Path, **kwargs: Any) -> StainGANNormalize:
@@ -109,12 +129,38 @@ class StainGANNormalize(StainTransform):
         return cls(StainGANGenerator.from_cyclegan_checkpoint(path), **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
-        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` card (``model_card_kwargs=...``)."""
-        return self.model.save_pretrained(save_directory, **kwargs)
+        """Write ``config.json`` (the generator's, and this transform's settings: ``tile_size``, ``overlap``,
+        ...), ``model.safetensors`` and a ``README.md`` card (``model_card_kwargs=...``).
+
+        Example:
+            >>> import json, tempfile
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> _ = StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1), tile_size=64, overlap=16).save_pretrained(folder)
+            >>> settings = json.loads((folder / "config.json").read_text())["transform"]
+            >>> settings["tile_size"], settings["overlap"]
+            (64, 16)
+        """
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+        self.model.save_pretrained(save_directory, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
+        add_transform_settings(save_directory, type(self).__name__, self.config)
+        if push:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
+        return None
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload the generator to the Hugging Face Hub (``huggingface_hub`` ``push_to_hub``)."""
-        return self.model.push_to_hub(repo_id, **kwargs)
+        """Upload :meth:`save_pretrained`'s files to the Hub (see :func:`~stain_transforms.models.hub_mixin.push_folder`).
+
+        Raises:
+            ConnectionError: when the Hub (``endpoint``, default ``HF_ENDPOINT``) cannot be reached.
+
+        Example:
+            >>> normalize = StainGANNormalize(StainGANGenerator(ngf=8, n_blocks=1))
+            >>> normalize.push_to_hub("me/staingan", endpoint="http://127.0.0.1:9")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ConnectionError: cannot push to 'me/staingan': the Hugging Face Hub at http://127.0.0.1:9 is unreachable ...
+        """
+        return push_folder(self.save_pretrained, repo_id, **kwargs)
 
     # -- transforming ------------------------------------------------------------------------
 
@@ -140,7 +186,8 @@ class StainGANNormalize(StainTransform):
         param = next(model.parameters())
         if param.device != tile.device:
             model.to(tile.device)
-        with torch.no_grad():
+        # A float batch that autograd tracks keeps its graph (gradients reach the input, and the weights).
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tile.requires_grad):
             out = model.translate(tile.to(param.dtype)).to(tile.dtype)
         return torch.where(flat[:, None, None, None], tile, out)
 

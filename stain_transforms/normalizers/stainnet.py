@@ -17,11 +17,15 @@ from typing import Any
 import torch
 
 from .._kernels.levels import levels_to_unit
-from .._kernels.lookup_table import apply_table, build_table
-from ..transform import StainTransform
+from .._kernels.lookup_table import apply_table, build_table, cached_table
+from ..hub import resolve_pretrained
+from ..models.hub_mixin import add_transform_settings, push_folder, transform_settings
 from ..models.stainnet import StainNet
+from ..transform import StainTransform
 
 BACKENDS = ("auto", "conv", "lut")
+# Part of the key of tables cached on disk: bump it whenever the way a table is computed changes.
+TABLE_VERSION = 1
 # Held while a table is built: threads that first need a table together wait for one build
 # instead of each building its own (seconds of CPU and 48 MB each).
 _TABLE_LOCK = threading.Lock()
@@ -43,9 +47,13 @@ class StainNetNormalize(StainTransform):
           float bit with the thread count, which flips a rounded uint8 value now and then.
         - ``"lut"``: the exact 256^3 table for uint8 input (numpy, PIL or uint8 tensors, on any
           device). It equals the ``"conv"`` result on the CPU bit for bit. It is built on the CPU on
-          first use (a few seconds; :meth:`compile` builds it ahead, e.g. before DataLoader workers
-          fork) and cached on the instance, and rebuilt if the weights change. It is not pickled or
-          part of ``state_dict()``: a worker started by spawn rebuilds it. On a GPU it reproduces
+          first use (a few seconds) and kept on the instance, and rebuilt if the weights change.
+          Built tables are also kept on disk, keyed by a digest of the weights, in
+          ``$STAIN_TRANSFORMS_CACHE/lut`` (default ``~/.cache/stain_transforms/lut``), written
+          atomically and memory-mapped read-only when loaded: every other instance with the same
+          weights, in any process (DataLoader workers, Ray tasks, the next run), loads it in
+          milliseconds, and processes on one machine share its pages. The table is not pickled or
+          part of ``state_dict()``. :meth:`compile` gets it ahead of use. On a GPU it reproduces
           the CPU results, which may differ by 1/255 in rare pixels from the GPU network.
         - ``"auto"`` (default): ``"lut"`` for uint8 input on the CPU, ``"conv"`` otherwise.
 
@@ -93,22 +101,57 @@ class StainNetNormalize(StainTransform):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, *, backend: str = "auto", **hub_kwargs: Any
+        cls, name_or_path: str | Path, *, backend: str | None = None, map_location: str = "cpu", **hub_kwargs: Any
     ) -> StainNetNormalize:
         """Load weights by registry name, local folder or Hub repo id (see :mod:`stain_transforms.hub`).
 
-        ``hub_kwargs`` (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, ...)
-        go to :meth:`StainNet.from_pretrained`.
+        ``backend`` defaults to the one :meth:`save_pretrained` recorded, else ``"auto"``. ``hub_kwargs``
+        (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, ...) go to
+        :func:`~stain_transforms.hub.resolve_pretrained`.
+
+        Example:
+            >>> import tempfile
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> _ = StainNetNormalize(StainNet(), backend="conv").save_pretrained(folder)
+            >>> StainNetNormalize.from_pretrained(folder).backend, StainNetNormalize.from_pretrained(folder, backend="lut").backend
+            ('conv', 'lut')
         """
-        return cls(StainNet.from_pretrained(name_or_path, **hub_kwargs), backend=backend)
+        folder = resolve_pretrained(name_or_path, kind=StainNet.model_type, **hub_kwargs)
+        if backend is None:
+            backend = transform_settings(folder, cls.__name__).get("backend", "auto")
+        return cls(StainNet.from_pretrained(folder, map_location=map_location), backend=backend)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
-        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` card (``model_card_kwargs=...``)."""
-        return self.model.save_pretrained(save_directory, **kwargs)
+        """Write ``config.json`` (the model's, and this transform's ``backend``), ``model.safetensors`` and a
+        ``README.md`` card (``model_card_kwargs=...``; see :meth:`StainNet.generate_model_card`).
+
+        Example:
+            >>> import json, tempfile
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> _ = StainNetNormalize(StainNet(), backend="conv").save_pretrained(folder)
+            >>> json.loads((folder / "config.json").read_text())["transform"]
+            {'backend': 'conv', 'class': 'StainNetNormalize'}
+        """
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+        self.model.save_pretrained(save_directory, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
+        add_transform_settings(save_directory, type(self).__name__, self.config)
+        if push:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
+        return None
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload the model to the Hugging Face Hub (``huggingface_hub`` ``push_to_hub``)."""
-        return self.model.push_to_hub(repo_id, **kwargs)
+        """Upload :meth:`save_pretrained`'s files to the Hub (see :func:`~stain_transforms.models.hub_mixin.push_folder`).
+
+        Raises:
+            ConnectionError: when the Hub (``endpoint``, default ``HF_ENDPOINT``) cannot be reached.
+
+        Example:
+            >>> StainNetNormalize(StainNet()).push_to_hub("me/stainnet", endpoint="http://127.0.0.1:9")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ConnectionError: cannot push to 'me/stainnet': the Hugging Face Hub at http://127.0.0.1:9 is unreachable ...
+        """
+        return push_folder(self.save_pretrained, repo_id, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -137,7 +180,8 @@ class StainNetNormalize(StainTransform):
     def _run_network(self, batch: torch.Tensor) -> torch.Tensor:
         model = self._model_on(batch.device)
         dtype = next(model.parameters()).dtype
-        with torch.no_grad():
+        # A float batch that autograd tracks keeps its graph (gradients reach the input, and the weights).
+        with torch.set_grad_enabled(torch.is_grad_enabled() and batch.requires_grad):
             if batch.device.type == "cpu":
                 # The 1x1 convolutions as matrix products over pixels: on the CPU these give the same
                 # bits for a pixel whatever the image size and thread count (PyTorch's convolution
@@ -154,9 +198,9 @@ class StainNetNormalize(StainTransform):
         quick = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.model.parameters())
         if self._digest is not None and self._digest[0] == quick:
             return self._digest[1]
-        digest = hashlib.sha1()
+        digest = hashlib.sha256(type(self.model).__name__.encode())
         for p in self.model.parameters():
-            digest.update(str(p.dtype).encode())
+            digest.update(f"{p.dtype}{tuple(p.shape)}".encode())
             digest.update(p.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
         self._digest = (quick, digest.digest())
         return self._digest[1]
@@ -192,11 +236,16 @@ class StainNetNormalize(StainTransform):
         return table
 
     def compile(self) -> StainNetNormalize:
-        """Build the CPU lookup table now rather than on first use; returns ``self``."""
+        """Get the CPU lookup table now rather than on first use (from the on-disk cache, else built); returns ``self``."""
         self.lookup_table("cpu")
         return self
 
     def _build_table(self) -> torch.Tensor:
+        """The CPU table: from the on-disk cache, keyed by the weights' digest, else computed and stored there."""
+        key = f"stainnet-v{TABLE_VERSION}-{self._fingerprint().hex()}"
+        return cached_table(key, self._compute_table)
+
+    def _compute_table(self) -> torch.Tensor:
         model = self.model
         if next(model.parameters()).device.type != "cpu":
             model = copy.deepcopy(model).cpu()  # the table reproduces the CPU path

@@ -33,6 +33,9 @@ class VahadaneNormalize(StainMatrixNormalizer):
     re-normalised to unit length) and of their 99th-percentile concentrations. Images with too
     little tissue, or a single colour, pass through unchanged.
 
+    The dictionary learning is an iterative solver that works in place, so it is not differentiable:
+    a float tensor that autograd tracks is detached, with a warning (once).
+
     Args:
         regularizer: the sparsity weight ``lambda`` of the dictionary learning.
         iterations: alternating updates of concentrations and stain vectors.
@@ -50,6 +53,8 @@ class VahadaneNormalize(StainMatrixNormalizer):
         >>> out.shape, out.dtype
         ((128, 128, 3), dtype('uint8'))
     """
+
+    differentiable = False  # the dictionary learning works in place
 
     def __init__(
         self,

@@ -25,6 +25,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    card = parser.add_argument_group("model card")
+    card.add_argument("--source-domain", metavar="TEXT", help="the stain domain the model maps from, e.g. 'H&E, Aperio AT2, hospital A'")
+    card.add_argument("--target-domain", metavar="TEXT", help="the stain domain it maps to")
+    card.add_argument("--title", metavar="TEXT", help="a title for the model card")
+
+
+def _card(args: argparse.Namespace) -> dict[str, str]:
+    """The model-card fields given on the command line."""
+    fields = {"source_domain": args.source_domain, "target_domain": args.target_domain, "title": args.title}
+    return {key: value for key, value in fields.items() if value}
 
 
 def _check_out(out: str, overwrite: bool, resume: bool | None = None) -> None:
@@ -130,7 +140,9 @@ def run_train_staingan(args: argparse.Namespace) -> int:
     if args.val_source:
         shifts = read_shifts(args.shift_csv) if args.shift_csv else None
         validation = pairs_from_folders(args.val_source, args.val_target, shifts=shifts, border=args.border)
-    result = train_staingan(args.source, args.target, args.out, config, resume=args.resume, validation=validation)
+    result = train_staingan(
+        args.source, args.target, args.out, config, resume=args.resume, validation=validation, card=_card(args) or None
+    )
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -275,7 +287,7 @@ def run_distill(args: argparse.Namespace) -> int:
     # Split by source image, so that an image's pairs (one per kind of supervision) stay on one side.
     train = PairSet.concat(parts, train_names)
     val = PairSet.concat(parts, val_names) if val_names else None
-    card = {"training_data": f"{len(train_names)} source images from {args.source}; {' and '.join(described)}."}
+    card = {"training_data": f"{len(train_names)} source images from {args.source}; {' and '.join(described)}.", **_card(args)}
     result = distill(train, val, config, args.out, card)
     if args.json:
         print(json.dumps(result.summary(), indent=2, default=str))

@@ -18,16 +18,18 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
+import PIL.ImageDraw
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from ..metrics import Fidelity, fidelity, mean_fidelity
@@ -229,6 +231,31 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
+# The rows of a sample grid, for each direction: the real images, their translation, the cycle back.
+SOURCE_ROW_LABELS = ("source (real)", "source -> target", "-> back to source")
+TARGET_ROW_LABELS = ("target (real)", "target -> source", "-> back to target")
+LABEL_WIDTH = 120
+
+
+def label_rows(grid: np.ndarray, labels: Sequence[str], width: int = LABEL_WIDTH) -> np.ndarray:
+    """``grid`` (HWC uint8, ``len(labels)`` rows of equal height) with a white column of row labels on its left.
+
+    Example:
+        >>> out = label_rows(np.zeros((40, 30, 3), np.uint8), ["source (real)", "source -> target"])
+        >>> out.shape, out[0, 0].tolist(), out[0, -1].tolist()
+        ((40, 150, 3), [255, 255, 255], [0, 0, 0])
+    """
+    if len(labels) == 0 or grid.shape[0] % len(labels):
+        raise ValueError(f"a grid of height {grid.shape[0]} does not split into {len(labels)} labelled rows")
+    canvas = PIL.Image.new("RGB", (width + grid.shape[1], grid.shape[0]), "white")
+    canvas.paste(PIL.Image.fromarray(grid), (width, 0))
+    draw = PIL.ImageDraw.Draw(canvas)
+    height = grid.shape[0] // len(labels)
+    for row, label in enumerate(labels):
+        draw.text((4, row * height + max(0, height // 2 - 6)), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 class _Trainer:
     """The networks, optimisers and state of one CycleGAN run."""
 
@@ -330,17 +357,22 @@ class _Trainer:
 
     @torch.no_grad()
     def sample_grid(self, sources: list[np.ndarray], targets: list[np.ndarray], path: Path) -> None:
-        """Rows: source, translated, cycled back; then target, translated back, cycled."""
-        rows = []
-        for images, forward, backward in ((sources, self.generator, self.inverse), (targets, self.inverse, self.generator)):
+        """Rows: source, translated, cycled back; then target, translated back, cycled; each row labelled."""
+        rows, labels = [], []
+        directions = (
+            (sources, self.generator, self.inverse, SOURCE_ROW_LABELS),
+            (targets, self.inverse, self.generator, TARGET_ROW_LABELS),
+        )
+        for images, forward, backward, names in directions:
             if not images:
                 continue
             real = torch.stack([to_tensor(i) for i in images]).to(self.device)
             fake = forward.translate(real)
             rows += [real, fake, backward.translate(fake)]
+            labels += names
         grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # rows of side-by-side images
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
+        PIL.Image.fromarray(label_rows(to_uint8(grid), labels)).save(path)
 
 
 @torch.no_grad()
@@ -503,4 +535,4 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
     result.generator.to(device), result.inverse.to(device)
 
 
-__all__ = ["ImagePool", "StainGANConfig", "StainGANResult", "train_staingan", "translate_pairs"]
+__all__ = ["ImagePool", "StainGANConfig", "StainGANResult", "label_rows", "train_staingan", "translate_pairs"]
