@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,29 @@ import torch
 
 from .registry import LEARNED, method, model_class, transform_class
 from .transform import StainTransform
+
+
+def require_library(library: str, extra: str, needed_by: str) -> None:
+    """Import ``library``, or raise an ``ImportError`` that says which extra of stain-transforms installs it.
+
+    An import error from inside an installed library (a broken dependency of it) is raised as it is.
+
+    Example:
+        >>> require_library("numpy", extra="test", needed_by="an example")
+        >>> require_library("no_such_library", extra="all", needed_by="an example")
+        Traceback (most recent call last):
+        ...
+        ImportError: an example needs no_such_library, which is not installed: pip install "stain-transforms[all]"
+    """
+    try:
+        importlib.import_module(library)
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] != library:
+            raise
+        raise ImportError(
+            f'{needed_by} needs {library}, which is not installed: pip install "stain-transforms[{extra}]"',
+            name=error.name,
+        ) from error
 
 # A normalizer passed as an object is embedded in a serialised pipeline only up to this many numbers;
 # a larger one (a StainGAN generator) must be referenced by weights= or by a saved file's path.

@@ -33,18 +33,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-try:
-    from albumentations.core.transforms_interface import ImageOnlyTransform
-except ImportError as error:
-    if (error.name or "").partition(".")[0] != "albumentations":
-        raise
-    raise ImportError(
-        'stain_transforms.albumentations needs albumentations, which is not installed: pip install "stain-transforms[albumentations]"',
-        name=error.name,
-    ) from error
+from .adapters import require_library
 
-from . import augment
-from .adapters import (
+require_library("albumentations", extra="albumentations", needed_by=__name__)
+
+from albumentations.core.transforms_interface import ImageOnlyTransform  # noqa: E402
+
+from . import augment  # noqa: E402
+from .adapters import (  # noqa: E402
     MAX_EMBEDDED_NUMBERS,
     core_transform,
     hed_jitter_params,

@@ -38,22 +38,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-try:
-    from monai.config import KeysCollection
-    from monai.data import MetaTensor
-    from monai.transforms import MapTransform, RandomizableTransform, Transform
-    from monai.utils import TransformBackends
-    from monai.utils.type_conversion import convert_to_dst_type
-except ImportError as error:
-    if (error.name or "").partition(".")[0] != "monai":
-        raise
-    raise ImportError(
-        'stain_transforms.monai needs MONAI, which is not installed: pip install "stain-transforms[monai]"',
-        name=error.name,
-    ) from error
+from .adapters import core_transform, hed_jitter_params, method_docstring, require_library
 
-from . import augment
-from .adapters import core_transform, hed_jitter_params, method_docstring
+require_library("monai", extra="monai", needed_by=__name__)
+
+from monai.config import KeysCollection  # noqa: E402
+from monai.data import MetaTensor  # noqa: E402
+from monai.transforms import MapTransform, RandomizableTransform, Transform  # noqa: E402
+from monai.utils import TransformBackends  # noqa: E402
+from monai.utils.type_conversion import convert_to_dst_type  # noqa: E402
+
+from . import augment  # noqa: E402
 from .functional.jitter import SHIFT_RAMP
 from .transform import StainTransform
 

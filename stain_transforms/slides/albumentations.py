@@ -31,7 +31,8 @@ class SlideContextNormalize(ImageOnlyTransform):
     """:class:`stain_transforms.slides.SlideContextNormalize` as an albumentations ``ImageOnlyTransform``.
 
     Call the pipeline with the slide's id (``pipeline(image=tile, slide_id="a")``) or its statistics
-    (``source=stats``); the statistics are looked up as the core transform does (``statistics``, then ``fit``).
+    (``source=stats``); the statistics are looked up as the core transform does (``statistics``, then ``fit``),
+    and ``id_key=`` / ``source_key=`` rename those two keys as there.
 
     Example:
         >>> import albumentations as A
@@ -49,12 +50,11 @@ class SlideContextNormalize(ImageOnlyTransform):
         normalizer: Any,
         statistics: Mapping[Hashable, Any] | None = None,
         fit: Callable[[Any], Any] | None = None,
-        id_key: str = "slide_id",
-        source_key: str = "source",
         p: float = 1.0,
+        **keys: str,
     ) -> None:
         super().__init__(p=p)
-        self.context = _Context(normalizer, statistics, fit, id_key=id_key, source_key=source_key)
+        self.context = _Context(normalizer, statistics, fit, **keys)  # id_key=, source_key=: the data's keys
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         return {"source": self.context._source_of(data)}
