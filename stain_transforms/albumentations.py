@@ -37,10 +37,10 @@ from .adapters import require_library
 
 require_library("albumentations", extra="albumentations", needed_by=__name__)
 
-from albumentations.core.transforms_interface import ImageOnlyTransform  # noqa: E402
+from albumentations.core.transforms_interface import ImageOnlyTransform
 
-from . import augment  # noqa: E402
-from .adapters import (  # noqa: E402
+from . import augment
+from .adapters import (
     MAX_EMBEDDED_NUMBERS,
     core_transform,
     hed_jitter_params,

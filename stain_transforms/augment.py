@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from ._kernels.levels import levels_to_unit
-from .transform import StainTransform
 from .functional.jitter import RUIFROK_STAINS, SHIFT_RAMP, stain_jitter
 from .functional.macenko import macenko_stain_matrix
 from .functional.vahadane import vahadane_stain_matrix
+from .transform import StainTransform
 
 BASES = ("ruifrok", "macenko", "vahadane")
 # A HEDJitter saved with torch.save holds its generator: allowed under torch.load's default weights_only=True.

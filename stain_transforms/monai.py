@@ -42,13 +42,13 @@ from .adapters import core_transform, hed_jitter_params, method_docstring, requi
 
 require_library("monai", extra="monai", needed_by=__name__)
 
-from monai.config import KeysCollection  # noqa: E402
-from monai.data import MetaTensor  # noqa: E402
-from monai.transforms import MapTransform, RandomizableTransform, Transform  # noqa: E402
-from monai.utils import TransformBackends  # noqa: E402
-from monai.utils.type_conversion import convert_to_dst_type  # noqa: E402
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type
 
-from . import augment  # noqa: E402
+from . import augment
 from .functional.jitter import SHIFT_RAMP
 from .transform import StainTransform
 

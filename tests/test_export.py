@@ -57,7 +57,7 @@ def slide() -> list[np.ndarray]:
 def library_with_source(normalizer, batch, slide):
     """The library's apply step with the source statistics pooled from ``slide``."""
     source = type(normalizer)(**normalizer.config).fit(slide).target_statistics()
-    return normalizer._normalize(batch, source)
+    return normalizer.normalize_with(batch, source)
 
 
 def reinhard_with_source(normalizer, batch, slide):

@@ -255,6 +255,30 @@ def add_transform_settings(folder: str | Path, class_name: str, settings: dict[s
     path.write_text(json.dumps(config, sort_keys=True, indent=2), encoding="utf-8")
 
 
+def save_model_transform(transform: Any, save_directory: str | Path, **kwargs: Any) -> Any:
+    """``save_pretrained`` of a transform that wraps a model (StainNet, StainGAN): the model's files plus the
+    transform's settings (:func:`add_transform_settings`); ``push_to_hub=True`` also uploads them.
+
+    ``kwargs``: ``model_card_kwargs``, and with ``push_to_hub`` its ``repo_id`` (default: the folder's
+    name) and :func:`push_folder`'s options.
+
+    Example:
+        >>> import json, tempfile
+        >>> from stain_transforms import StainNetNormalize
+        >>> from stain_transforms.models import StainNet
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> save_model_transform(StainNetNormalize(StainNet(), backend="conv"), folder)
+        >>> json.loads((folder / "config.json").read_text())["transform"]["backend"]
+        'conv'
+    """
+    push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+    transform.model.save_pretrained(save_directory, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
+    add_transform_settings(save_directory, type(transform).__name__, transform.config)
+    if push:
+        return transform.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
+    return None
+
+
 def transform_settings(folder: str | Path, class_name: str) -> dict[str, Any]:
     """The settings recorded by :func:`add_transform_settings` for ``class_name``; ``{}`` if there are none.
 

@@ -15,8 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..functional.tissue import informative_images
 from ..conversion import iter_batches
+from ..functional.tissue import informative_images
 from ..models._card import FITTED_CARD
 from ..models.hub_mixin import HubModelMixin
 from ..registry import FITTED, METHODS, register, transform_class

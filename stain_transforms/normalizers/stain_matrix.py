@@ -130,32 +130,21 @@ class StainMatrixNormalizer(StainNormalizer):
         tissue = pixel_masks(pixels, self.luminosity_threshold)
         usable = self._informative(pixels, tissue)
         if bool(usable.all()):
-            return self._normalize(batch, self._statistics(pixels, tissue))
+            return self.normalize_with(batch, self._statistics(pixels, tissue))
         out = batch.clone()
         if bool(usable.any()):
-            out[usable] = self._normalize(batch[usable], self._statistics(pixels[usable], tissue[usable]))
+            out[usable] = self.normalize_with(batch[usable], self._statistics(pixels[usable], tissue[usable]))
         return out
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._normalize(batch, self.image_statistics(batch))
+        return self.normalize_with(batch, self.image_statistics(batch))
 
     def normalize_with(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unmix with the given source stain matrix and maximum concentrations, remix with the target.
 
-        ``source["stain_matrix"]`` is (3, 2) or (B, 3, 2), ``source["max_concentrations"]`` (2,) or (B, 2).
-
-        Example:
-            >>> from stain_transforms import MacenkoNormalize
-            >>> from stain_transforms.testing import synthetic_tissue
-            >>> normalizer = MacenkoNormalize().fit(synthetic_tissue(64, seed=0))
-            >>> batch = torch.from_numpy(synthetic_tissue(64, seed=1)).permute(2, 0, 1)[None] / 255.0
-            >>> own = normalizer.image_statistics(batch)  # the image's own statistics: as normalize()
-            >>> torch.allclose(normalizer.normalize_with(batch, own), normalizer.normalize(batch))
-            True
+        ``source["stain_matrix"]`` is (3, 2) or (B, 3, 2), ``source["max_concentrations"]`` (2,) or (B, 2);
+        see :meth:`StainNormalizer.normalize_with <stain_transforms.StainNormalizer.normalize_with>` for an example.
         """
-        return self._normalize(batch, source)
-
-    def _normalize(self, batch: torch.Tensor, source: dict[str, torch.Tensor]) -> torch.Tensor:
         return stain_transfer(
             batch,
             source["stain_matrix"],

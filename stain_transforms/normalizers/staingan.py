@@ -10,7 +10,7 @@ import torch
 
 from ..functional.tissue import MIN_COLOUR_RANGE, colour_range, informative_images
 from ..hub import resolve_pretrained
-from ..models.hub_mixin import add_transform_settings, push_folder, transform_settings
+from ..models.hub_mixin import push_folder, save_model_transform, transform_settings
 from ..models.staingan import StainGANGenerator
 from ..transform import StainTransform
 
@@ -140,12 +140,7 @@ class StainGANNormalize(StainTransform):
             >>> settings["tile_size"], settings["overlap"]
             (64, 16)
         """
-        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
-        self.model.save_pretrained(save_directory, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
-        add_transform_settings(save_directory, type(self).__name__, self.config)
-        if push:
-            return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
-        return None
+        return save_model_transform(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload :meth:`save_pretrained`'s files to the Hub (see :func:`~stain_transforms.models.hub_mixin.push_folder`).

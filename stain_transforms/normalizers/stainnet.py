@@ -19,7 +19,7 @@ import torch
 from .._kernels.levels import levels_to_unit
 from .._kernels.lookup_table import apply_table, build_table, cached_table
 from ..hub import resolve_pretrained
-from ..models.hub_mixin import add_transform_settings, push_folder, transform_settings
+from ..models.hub_mixin import push_folder, save_model_transform, transform_settings
 from ..models.stainnet import StainNet
 from ..transform import StainTransform
 
@@ -132,12 +132,7 @@ class StainNetNormalize(StainTransform):
             >>> json.loads((folder / "config.json").read_text())["transform"]
             {'backend': 'conv', 'class': 'StainNetNormalize'}
         """
-        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
-        self.model.save_pretrained(save_directory, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
-        add_transform_settings(save_directory, type(self).__name__, self.config)
-        if push:
-            return self.push_to_hub(repo_id or Path(save_directory).name, **kwargs)
-        return None
+        return save_model_transform(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload :meth:`save_pretrained`'s files to the Hub (see :func:`~stain_transforms.models.hub_mixin.push_folder`).
