@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 def classical_ratios(output: str) -> dict[str, float]:
     """Ours / fastest peer, single image and batch, per method, from ``classical.py``'s table."""
     rates: dict[str, dict[str, tuple[float, float]]] = {}
-    for method, name, single, batch in re.findall(r"^\| (\w+) \| ([\w-]+) \| ([\d.]+) \| ([\d.]+) \|", output, re.M):
+    for method, name, single, batch in re.findall(r"^\| (\w+) \| ([\w-]+) \| ([\d.]+) \| ([\d.]+) \|", output, re.MULTILINE):
         rates.setdefault(method, {})[name] = (float(single), float(batch))
     ratios = {}
     for method, by_name in rates.items():
@@ -43,7 +43,7 @@ def augment_ratios(output: str) -> dict[str, float]:
     """Ours (Ruifrok) / fastest peer, from ``augment.py``'s table and its head-to-head lines."""
     rows = dict(
         (name.strip(), (float(single), float(batch)))
-        for name, single, batch in re.findall(r"^(.{45}) +([\d.]+) +([\d.]+) +[\d.]+x +[\d.]+x$", output, re.M)
+        for name, single, batch in re.findall(r"^(.{45}) +([\d.]+) +([\d.]+) +[\d.]+x +[\d.]+x$", output, re.MULTILINE)
     )
     ours = rows.pop("stain_transforms HEDJitter (Ruifrok)")
     peers = {name: rate for name, rate in rows.items() if not name.startswith("stain_transforms")}
@@ -51,7 +51,7 @@ def augment_ratios(output: str) -> dict[str, float]:
         "table single": ours[0] / max(rate[0] for rate in peers.values()),
         "table batch 16": ours[1] / max(rate[1] for rate in peers.values()),
     }
-    for label, ratio in re.findall(r"^  (one image|batch of 16) *:.*: ([\d.]+)x$", output, re.M):
+    for label, ratio in re.findall(r"^  (one image|batch of 16) *:.*: ([\d.]+)x$", output, re.MULTILINE):
         ratios[f"head to head {label}"] = float(ratio)
     return ratios
 

@@ -201,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     weights.set_defaults(run=run_weights)
 
     try:
-        from .training.cli import add_distill_parser, add_train_staingan_parser
+        from .training.cli import add_distill_parser, add_train_staingan_parser, add_train_stainnet_unpaired_parser
     except ImportError:  # the trainer is part of the package; this only guards partial installs
         pass
     else:
         add_train_staingan_parser(commands)
+        add_train_stainnet_unpaired_parser(commands)
         add_distill_parser(commands)
     from .slides.cli import add_normalize_slide_parser  # reads slides only when run (the [slides] extra)
 

@@ -10,9 +10,9 @@ import torch
 from skimage.color import hed2rgb, rgb2hed
 
 from stain_transforms import HEDJitter
-from stain_transforms.functional.color import rgb_to_hed
 from stain_transforms._kernels import blocks
 from stain_transforms._kernels.levels import levels_to_unit, unit_to_dtype_
+from stain_transforms.functional.color import rgb_to_hed
 from stain_transforms.functional.jitter import RUIFROK_STAINS, SHIFT_RAMP, hed_jitter, stain_jitter
 from stain_transforms.testing import synthetic_tissue
 

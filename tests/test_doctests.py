@@ -37,7 +37,7 @@ KNOWN_MISSING = {
         "WeightsEntry", "weights_dir", "load_registry", "file_sha256", "bundle_weights", "resolve_pretrained",
     },
     "stain_transforms.models.staingan": {"ResnetBlock"},
-    "stain_transforms.training.cli": {"run_train_staingan", "run_distill"},
+    "stain_transforms.training.cli": {"run_train_staingan", "run_train_stainnet_unpaired", "run_distill"},
     "stain_transforms.training.distill": {"DistillResult", "save_student"},
     "stain_transforms.training.staingan": {"StainGANConfig", "StainGANResult"},
 }

@@ -1,7 +1,8 @@
-"""The ``train-staingan`` and ``distill`` subcommands of ``stain-transforms``.
+"""The ``train-staingan``, ``train-stainnet-unpaired`` and ``distill`` subcommands of ``stain-transforms``.
 
-``stain_transforms.cli`` calls :func:`add_train_staingan_parser` and :func:`add_distill_parser` on its
-subparsers; each sets ``run`` to a function of the parsed arguments that returns the exit status.
+``stain_transforms.cli`` calls :func:`add_train_staingan_parser`, :func:`add_train_stainnet_unpaired_parser`
+and :func:`add_distill_parser` on its subparsers; each sets ``run`` to a function of the parsed
+arguments that returns the exit status.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ..files import list_images
 from ..registry import FITTED, build_normalizer, methods
+from .staingan import LOSS_KEYS
 
 CLASSICAL_TEACHERS = methods(FITTED)
 
@@ -85,6 +87,12 @@ def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="folder of target-domain images")
     p.add_argument("--out", required=True, help="output folder: model, inverse/, samples/, checkpoints/")
     arch = p.add_argument_group("architecture")
+    arch.add_argument(
+        "--generator", choices=("resnet", "pixel"), default="resnet",
+        help="resnet: CycleGAN's ResNet generator (StainGAN); pixel: a StainNet (1x1 convolutions), which cannot "
+        "alter structure and is saved as a StainNet (default: %(default)s)",
+    )
+    arch.add_argument("--pixel-channels", type=int, default=32, help="hidden width of the pixel generator (default: %(default)s)")
     arch.add_argument("--ngf", type=int, default=64, help="generator filters (default: %(default)s)")
     arch.add_argument("--n-blocks", type=int, default=9, help="generator residual blocks (default: %(default)s)")
     arch.add_argument("--ndf", type=int, default=64, help="discriminator filters (default: %(default)s)")
@@ -101,6 +109,11 @@ def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--beta2", type=float, default=0.999, help="default: %(default)s")
     opt.add_argument("--lambda-cycle", type=float, default=10.0, help="cycle loss weight (default: %(default)s)")
     opt.add_argument("--lambda-identity", type=float, default=0.5, help="identity weight x lambda-cycle (default: %(default)s)")
+    opt.add_argument(
+        "--lambda-structure", type=float, default=0.0,
+        help="weight of the structure term (local luma correlation of each image and its translation); "
+        "5 keeps the tissue's structure (default: %(default)s, CycleGAN's objective)",
+    )
     opt.add_argument("--pool-size", type=int, default=50, help="image pool of past fakes (default: %(default)s)")
     opt.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
     opt.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
@@ -113,20 +126,33 @@ def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
     val.add_argument("--val-target", help="folder of their registered targets (same file names)")
     val.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx rolled into the targets")
     val.add_argument("--border", type=int, default=0, help="pixels cut from every side when scoring (default: %(default)s)")
+    val.add_argument("--val-every", type=int, default=1, help="score them every this many epochs, for curves.png (default: %(default)s)")
     _add_common(p)
     p.set_defaults(run=run_train_staingan)
     return p
 
 
-def run_train_staingan(args: argparse.Namespace) -> int:
+def _validation_pairs(args: argparse.Namespace) -> Any:
+    """The registered pairs of ``--val-source``/``--val-target`` (shifted, border cut), or None."""
     from .datasets import read_shifts
     from .distill import pairs_from_folders
+
+    if bool(args.val_source) != bool(args.val_target):
+        raise ValueError("--val-source and --val-target go together")
+    if not args.val_source:
+        return None
+    shifts = read_shifts(args.shift_csv) if args.shift_csv else None
+    return pairs_from_folders(args.val_source, args.val_target, shifts=shifts, border=args.border)
+
+
+def run_train_staingan(args: argparse.Namespace) -> int:
     from .staingan import StainGANConfig, train_staingan
 
     _check_out(args.out, args.overwrite, resume=args.resume)
     _set_threads(args)
     config = StainGANConfig(
-        ngf=args.ngf, n_blocks=args.n_blocks, ndf=args.ndf, n_layers_d=args.n_layers_d,
+        generator=args.generator, pixel_channels=args.pixel_channels, lambda_structure=args.lambda_structure,
+        val_every=args.val_every, ngf=args.ngf, n_blocks=args.n_blocks, ndf=args.ndf, n_layers_d=args.n_layers_d,
         epochs=args.epochs, epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, crop_size=args.crop_size, flip=not args.no_flip, lr=args.lr,
         beta1=args.beta1, beta2=args.beta2, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
@@ -134,24 +160,93 @@ def run_train_staingan(args: argparse.Namespace) -> int:
         n_samples=args.samples, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
         progress=not args.no_progress,
     )
-    validation = None
-    if bool(args.val_source) != bool(args.val_target):
-        raise ValueError("--val-source and --val-target go together")
-    if args.val_source:
-        shifts = read_shifts(args.shift_csv) if args.shift_csv else None
-        validation = pairs_from_folders(args.val_source, args.val_target, shifts=shifts, border=args.border)
     result = train_staingan(
-        args.source, args.target, args.out, config, resume=args.resume, validation=validation, card=_card(args) or None
+        args.source, args.target, args.out, config, resume=args.resume, validation=_validation_pairs(args),
+        card=_card(args) or None,
     )
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"StainGAN (source -> target) saved to {result.out_dir}; the inverse generator to {result.out_dir / 'inverse'}")
+    kind = "StainNet (pixel generator)" if config.generator == "pixel" else "StainGAN"
+    print(f"{kind} (source -> target) saved to {result.out_dir}; the inverse generator to {result.out_dir / 'inverse'}")
     print(f"epochs: {result.epochs_done} of {config.total_epochs}, {result.seconds / 60:.1f} min; samples in {result.out_dir / 'samples'}")
+    print(f"curves: {result.out_dir / 'curves.png'}")
     if result.history:
         last = result.history[-1]
-        print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in ("G", "cyc", "idt", "D_t", "D_s")))
+        print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS))
+    if result.val_metrics is not None:
+        m = result.val_metrics
+        print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
+    return 0
+
+
+# -- train-stainnet-unpaired ------------------------------------------------------------------
+
+
+def add_train_stainnet_unpaired_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``train-stainnet-unpaired`` (a StainNet from two unpaired folders, no teacher) to ``subparsers``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> p = add_train_stainnet_unpaired_parser(parser.add_subparsers())
+        >>> parser.parse_args(["train-stainnet-unpaired", "--source", "a", "--target", "b", "--out", "c"]).steps
+        2000
+    """
+    p = subparsers.add_parser(
+        "train-stainnet-unpaired",
+        help="train a StainNet on two unpaired folders, with no teacher (colour-distribution matching)",
+        description="Train a StainNet that maps the colour distribution of the source folder onto that of the "
+        "target folder (sliced Wasserstein distance plus a cycle term through an inverse StainNet). No teacher, "
+        "no registered pairs; about a minute on one CPU thread.",
+    )
+    p.add_argument("--source", required=True, help="folder of source-domain images (the ones to normalize)")
+    p.add_argument("--target", required=True, help="folder of target-domain images (not registered to the sources)")
+    p.add_argument("--out", required=True, help="output folder: the model, inverse/, curves.png, training_log.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=int, default=2000, help="default: %(default)s")
+    opt.add_argument("--pixel-batch", type=int, default=4096, help="pixels drawn from each folder per step (default: %(default)s)")
+    opt.add_argument("--projections", type=int, default=32, help="random directions per step (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=0.005, help="peak Adam learning rate (default: %(default)s)")
+    opt.add_argument("--lambda-cycle", type=float, default=1.0, help="cycle term weight (default: %(default)s)")
+    opt.add_argument("--n-layer", type=int, default=3, help="StainNet layers (default: %(default)s)")
+    opt.add_argument("--n-channel", type=int, default=32, help="StainNet width (default: %(default)s)")
+    val = p.add_argument_group("optional paired validation (registered targets of some source images), for the curves")
+    val.add_argument("--val-source", help="folder of source images with registered targets")
+    val.add_argument("--val-target", help="folder of their registered targets (same file names)")
+    val.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx rolled into the targets")
+    val.add_argument("--border", type=int, default=0, help="pixels cut from every side when scoring (default: %(default)s)")
+    val.add_argument("--val-every", type=int, default=200, help="score them every this many steps (default: %(default)s)")
+    _add_common(p)
+    p.set_defaults(run=run_train_stainnet_unpaired)
+    return p
+
+
+def run_train_stainnet_unpaired(args: argparse.Namespace) -> int:
+    from ..files import read_rgb
+    from .unpaired import UnpairedStainNetConfig, train_stainnet_unpaired
+
+    _check_out(args.out, args.overwrite)
+    _set_threads(args)
+    config = UnpairedStainNetConfig(
+        steps=args.steps, pixel_batch=args.pixel_batch, projections=args.projections, lr=args.lr,
+        lambda_cycle=args.lambda_cycle, n_layer=args.n_layer, n_channel=args.n_channel, seed=args.seed,
+        device=args.device, val_every=args.val_every, progress=not args.no_progress,
+    )
+    images = {flag: [read_rgb(p) for p in list_images(folder)] for flag, folder in (("--source", args.source), ("--target", args.target))}
+    card = {
+        "training_data": f"{len(images['--source'])} source images from {args.source} and {len(images['--target'])} "
+        f"unpaired target images from {args.target}.",
+        **_card(args),
+    }
+    result = train_stainnet_unpaired(images["--source"], images["--target"], config, _validation_pairs(args), args.out, card)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, default=str))
+        return 0
+    print(f"StainNet saved to {result.out_dir} ({result.seconds:.1f} s); the inverse to {Path(args.out) / 'inverse'}")
+    if result.history:
+        print(f"curves: {Path(args.out) / 'curves.png'}")
     if result.val_metrics is not None:
         m = result.val_metrics
         print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
@@ -228,8 +323,12 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="+", metavar="PATH", help="target-domain images or folders to fit a classical --teacher on")
     p.add_argument("--shift-csv", help="with --targets: CSV with pair,shift_dy,shift_dx rolled into the targets")
     p.add_argument("--border", type=int, default=0, help="pixels cut from every side of both images (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder (save_pretrained: config.json, model.safetensors, README.md)")
-    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument(
+        "--out", required=True,
+        help="output folder: the model (save_pretrained: config.json, model.safetensors, README.md), curves.png, checkpoints/",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest.pt if present")
+    p.add_argument("--overwrite", action="store_true", help="replace a model or checkpoint already in --out")
     p.add_argument("--recipe", choices=("fast", "paper"), default="fast", help="default: %(default)s")
     p.add_argument("--n-layer", type=int, default=3, help="StainNet layers (default: %(default)s)")
     p.add_argument("--n-channel", type=int, default=32, help="StainNet width (default: %(default)s)")
@@ -237,6 +336,10 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     split.add_argument("--val-fraction", type=float, default=0.2, help="random fraction held out (default: %(default)s)")
     split.add_argument("--val-groups", nargs="+", metavar="GROUP", help="hold out these groups (e.g. slides) instead")
     split.add_argument("--group-pattern", help=r"regex whose group 1 is a file's group, e.g. 'frame(\d+)'")
+    split.add_argument(
+        "--val-ssim", action=argparse.BooleanOptionalAction, default=None,
+        help="score both SSIMs at every validation, not only PSNR (default: while the validation images total at most 4 Mpx)",
+    )
     paper = p.add_argument_group("paper recipe")
     paper.add_argument("--epochs", type=int, default=300, help="default: %(default)s")
     paper.add_argument("--batch-size", type=int, default=10, help="default: %(default)s")
@@ -246,7 +349,7 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     fast.add_argument("--steps", type=int, default=1500, help="default: %(default)s")
     fast.add_argument("--pixel-batch", type=int, default=8192, help="colour pairs per step (default: %(default)s)")
     fast.add_argument("--fast-lr", type=float, default=0.01, help="peak Adam learning rate (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, help="stop training after this wall time (best checkpoint kept)")
+    p.add_argument("--max-seconds", type=float, help="stop training after this wall time (best checkpoint kept; resumable)")
     _add_common(p)
     p.set_defaults(run=run_distill)
     return p
@@ -256,7 +359,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from .datasets import read_shifts, split_names
     from .distill import DistillConfig, PairSet, default_device, distill, pairs_from_folders, pairs_from_teacher
 
-    _check_out(args.out, args.overwrite)
+    _check_out(args.out, args.overwrite, resume=args.resume)
     _set_threads(args)
     if bool(args.teacher) == bool(args.teacher_outputs or args.targets):
         raise ValueError("give either --teacher, or --teacher-outputs and/or --targets")
@@ -264,8 +367,9 @@ def run_distill(args: argparse.Namespace) -> int:
         raise ValueError("--shift-csv applies to --targets only")
     config = DistillConfig(
         recipe=args.recipe, n_layer=args.n_layer, n_channel=args.n_channel, seed=args.seed, device=args.device,
-        max_seconds=args.max_seconds, progress=not args.no_progress, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, crop_size=args.crop_size, steps=args.steps, pixel_batch=args.pixel_batch, fast_lr=args.fast_lr,
+        max_seconds=args.max_seconds, progress=not args.no_progress, val_ssim=args.val_ssim, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size, steps=args.steps, pixel_batch=args.pixel_batch,
+        fast_lr=args.fast_lr,
     )
     device = default_device(args.device)
     names = [p.name for p in list_images(args.source)]
@@ -288,11 +392,13 @@ def run_distill(args: argparse.Namespace) -> int:
     train = PairSet.concat(parts, train_names)
     val = PairSet.concat(parts, val_names) if val_names else None
     card = {"training_data": f"{len(train_names)} source images from {args.source}; {' and '.join(described)}.", **_card(args)}
-    result = distill(train, val, config, args.out, card)
+    result = distill(train, val, config, args.out, card, resume=args.resume)
     if args.json:
         print(json.dumps(result.summary(), indent=2, default=str))
         return 0
     print(f"StainNet saved to {result.out_dir} ({args.recipe} recipe, {result.seconds:.1f} s)")
+    if result.curves is not None:
+        print(f"validation curves: {result.curves}")
     if result.val_metrics is not None:
         m = result.val_metrics
         print(

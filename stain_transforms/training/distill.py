@@ -19,6 +19,11 @@ scale and keeping the checkpoint with the best validation PSNR:
   an average over (source colour, teacher colour) pairs weighted by how often each occurs. The
   pairs are counted once (``np.unique``), and Adam trains on large random samples of them, drawn
   in proportion to their counts. No convolution over images, no crops: seconds instead of minutes.
+
+Each validation records the PSNR and (see ``DistillConfig.val_ssim``) both SSIMs against the teacher.
+With an ``out_dir``, every validation also writes the resumable checkpoint ``checkpoints/latest.pt``
+(``distill(..., resume=True)`` continues from it exactly), and the end of training draws the history
+into ``curves.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,9 +47,20 @@ from tqdm.auto import tqdm
 from ..files import list_images, read_rgb
 from ..metrics import Fidelity, fidelity, mean_fidelity, psnr_target
 from ..models import StainNet
+from .checkpoints import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .datasets import PairedImageDataset, random_crop_flip, to_tensor, to_uint8
+from .schedules import warmup_cosine
 
 RECIPES = ("fast", "paper")
+CHECKPOINT = Path("checkpoints") / "latest.pt"
+# What a resumed run must share with its checkpoint: the network, and the recipe with its schedule.
+RESUME_FIELDS = {
+    "fast": ("recipe", "n_layer", "n_channel", "steps", "pixel_batch", "fast_lr"),
+    "paper": ("recipe", "n_layer", "n_channel", "epochs", "batch_size", "lr", "crop_size"),
+}
+# ``val_ssim=None``: both SSIMs at every validation while the validation images have at most this
+# many pixels (on a CPU, a validation with SSIM takes about three times as long as one with PSNR only).
+AUTO_SSIM_PIXELS = 2**22
 
 
 @dataclass
@@ -56,8 +73,12 @@ class DistillConfig:
         n_channel: StainNet hidden width.
         seed: seeds the initialisation, the sampling and the crops.
         device: torch device (default: CUDA when available, else CPU).
-        max_seconds: stop training after this much wall time (the best checkpoint so far is kept).
+        max_seconds: stop training after this much wall time in this call (the best checkpoint so far
+            is kept; ``resume=True`` continues the run).
         progress: show a tqdm bar.
+        val_ssim: score SSIM target and SSIM source at every validation, as well as PSNR (the
+            best checkpoint is still chosen by PSNR). ``None``: only while the validation images
+            have at most ``AUTO_SSIM_PIXELS`` pixels (about 64 tiles of 256x256).
         epochs: paper recipe: epochs of cosine annealing.
         batch_size: paper recipe: images per batch.
         lr: paper recipe: SGD learning rate.
@@ -80,6 +101,7 @@ class DistillConfig:
     device: str | None = None
     max_seconds: float | None = None
     progress: bool = True
+    val_ssim: bool | None = None
     # The paper's recipe.
     epochs: int = 300
     batch_size: int = 10
@@ -330,8 +352,10 @@ def validation_fidelity(model: StainNet, pairs: PairSet, device: str | torch.dev
 class DistillResult:
     """What :func:`distill` returns: the best student and how it got there.
 
-    ``history`` holds one entry per validation: ``seconds`` since the start (including the
-    colour counting of the fast recipe), ``epoch`` or ``step``, ``val_psnr`` and ``loss``.
+    ``history`` holds one entry per validation: ``seconds`` of training so far (including the
+    colour counting of the fast recipe, and the time of earlier runs when resumed), ``epoch`` or
+    ``step``, ``val_psnr``, ``val_ssim_target`` and ``val_ssim_source`` (when scored, see
+    ``DistillConfig.val_ssim``) and ``loss``. ``curves`` is the PNG of that history, when written.
     """
 
     model: StainNet
@@ -345,6 +369,7 @@ class DistillResult:
     val_metrics: Fidelity | None = None
     out_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    curves: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no model)."""
@@ -358,6 +383,7 @@ class DistillResult:
             "n_val": len(self.val_names),
             "val_metrics_vs_teacher": self.val_metrics.as_dict() if self.val_metrics else None,
             "out_dir": str(self.out_dir) if self.out_dir else None,
+            "curves": str(self.curves) if self.curves else None,
             "config": self.config,
             "history": self.history,
         }
@@ -368,24 +394,101 @@ def _l1_raw(model: StainNet, source: torch.Tensor, teacher: torch.Tensor) -> tor
     return (model.forward_raw(source * 2.0 - 1.0) - (teacher * 2.0 - 1.0)).abs()
 
 
-class _Tracker:
-    """Keeps the best model by validation PSNR and the history of validations."""
+# Redraw curves.png at a checkpoint only this long after the last drawing (a drawing takes ~0.2 s).
+CURVES_EVERY_SECONDS = 30.0
 
-    def __init__(self, model: StainNet, val: PairSet | None, train: PairSet, device: torch.device, start: float):
-        self.model, self.device, self.start = model, device, start
+
+class _Tracker:
+    """Validates, keeps the best model by validation PSNR and the history, and writes the checkpoint."""
+
+    def __init__(self, model: StainNet, val: PairSet | None, train: PairSet, config: DistillConfig,
+                 device: torch.device, out_dir: Path | None):
+        self.model, self.config, self.device = model, config, device
         # Without a validation split the training pairs stand in (the best is then the last, in effect).
         self.pairs = val if val is not None and len(val) else train
+        pixels = sum(s.shape[0] * s.shape[1] for s in self.pairs.sources)
+        self.ssim = config.val_ssim if config.val_ssim is not None else pixels <= AUTO_SSIM_PIXELS
         self.best_psnr, self.best_at, self.best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
         self.history: list[dict[str, float]] = []
+        self.names = {"train": list(train.names), "val": list(val.names) if val is not None else []}
+        self.checkpoint = out_dir / CHECKPOINT if out_dir is not None else None
+        self.curves_path = out_dir / "curves.png" if out_dir is not None else None
+        self.start = self.plotted = time.perf_counter()  # of this call
+        self.seconds_before = 0.0  # of the runs this one resumes
+        self.saved: dict[str, Any] | None = None
 
-    def __call__(self, at: int, unit: str, loss: float) -> float:
-        psnr = validation_psnr(self.model, self.pairs, self.device)
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self.config.max_seconds is not None and time.perf_counter() - self.start > self.config.max_seconds
+
+    def resume(self) -> None:
+        """Load the checkpoint, if there is one, into the model and the tracker (the optimiser's part is kept for later)."""
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return
+        # On the CPU: the random-number-generator states must stay there; load_state_dict moves the rest.
+        saved = load_checkpoint(self.checkpoint, "cpu")
+        fields = RESUME_FIELDS[self.config.recipe]
+        mismatch = [f"{k}: {saved['config'].get(k)!r} != {getattr(self.config, k)!r}"
+                    for k in fields if saved["config"].get(k) != getattr(self.config, k)]
+        if mismatch:
+            raise ValueError(f"{self.checkpoint} was trained with other settings ({'; '.join(mismatch)}); "
+                             "resume with the same ones, or start afresh")
+        if saved["names"] != self.names:
+            warnings.warn(f"{self.checkpoint} was trained on other images: the resumed run continues on these", stacklevel=3)
+        self.model.load_state_dict(saved["model"])
+        self.best_psnr, self.best_at, self.best_state = saved["best_psnr"], saved["best_at"], saved["best_state"]
+        self.history, self.seconds_before = saved["history"], saved["seconds"]
+        self.saved = saved
+
+    def restore(self, optimizer: torch.optim.Optimizer, schedule: Any) -> tuple[int, float | None]:
+        """The epoch or step to start at and the last loss; from the checkpoint (with the optimiser and RNGs) if resuming."""
+        if self.saved is None:
+            return 1, None
+        optimizer.load_state_dict(self.saved["optimizer"])
+        schedule.load_state_dict(self.saved["schedule"])
+        set_rng_state(self.saved["rng"])
+        return self.saved["at"] + 1, self.saved["loss"]
+
+    def __call__(self, at: int, unit: str, loss: float, optimizer: torch.optim.Optimizer, schedule: Any) -> float:
+        entry: dict[str, float] = {"seconds": 0.0, unit: at}
+        if self.ssim:
+            scores = validation_fidelity(self.model, self.pairs, self.device)
+            entry.update(val_psnr=scores.psnr_target, val_ssim_target=scores.ssim_target, val_ssim_source=scores.ssim_source)
+        else:
+            entry["val_psnr"] = validation_psnr(self.model, self.pairs, self.device)
         self.model.train()
-        self.history.append({"seconds": time.perf_counter() - self.start, unit: at, "val_psnr": psnr, "loss": loss})
-        if psnr > self.best_psnr:
-            self.best_psnr, self.best_at = psnr, at
+        entry["loss"] = loss
+        entry["seconds"] = self.seconds()
+        self.history.append(entry)
+        if entry["val_psnr"] > self.best_psnr:
+            self.best_psnr, self.best_at = entry["val_psnr"], at
             self.best_state = copy.deepcopy(self.model.state_dict())
-        return psnr
+        if self.checkpoint is not None:
+            atomic_save({
+                "config": asdict(self.config), "names": self.names, "at": at, "loss": loss, "seconds": entry["seconds"],
+                "model": self.model.state_dict(), "best_state": self.best_state, "best_psnr": self.best_psnr,
+                "best_at": self.best_at, "history": self.history, "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "rng": rng_state(),
+            }, self.checkpoint)
+            if time.perf_counter() - self.plotted > CURVES_EVERY_SECONDS:
+                self.plot()
+        return entry["val_psnr"]
+
+    def plot(self) -> Path | None:
+        """Draw the history into ``curves.png`` (skipped, with a warning, without matplotlib)."""
+        if self.curves_path is None or not self.history:
+            return None
+        from .curves import plot_curves
+
+        self.plotted = time.perf_counter()
+        unit = "step" if self.config.recipe == "fast" else "epoch"
+        try:
+            return plot_curves(self.history, self.curves_path, unit, f"StainNet distillation ({self.config.recipe} recipe)")
+        except ImportError as error:
+            warnings.warn(f"no {self.curves_path.name}: {error}", stacklevel=2)
+            return None
 
 
 class _CropPairs(Dataset):
@@ -406,7 +509,9 @@ def _train_paper(model: StainNet, train: PairSet, tracker: _Tracker, config: Dis
     loader = DataLoader(_CropPairs(train, crop), batch_size=config.batch_size, shuffle=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
-    bar = tqdm(range(1, config.epochs + 1), desc="distil (paper recipe)", disable=not config.progress, unit="epoch")
+    first, _ = tracker.restore(optimizer, schedule)
+    bar = tqdm(range(first, config.epochs + 1), desc="distil (paper recipe)", disable=not config.progress, unit="epoch",
+               initial=first - 1, total=config.epochs)
     for epoch in bar:
         losses = []
         for source, teacher in loader:
@@ -418,9 +523,9 @@ def _train_paper(model: StainNet, train: PairSet, tracker: _Tracker, config: Dis
             optimizer.step()
             losses.append(loss.item())
         schedule.step()
-        out_of_time = config.max_seconds is not None and time.perf_counter() - tracker.start > config.max_seconds
+        out_of_time = tracker.out_of_time()
         if epoch % config.val_every_epochs == 0 or epoch == config.epochs or out_of_time:
-            psnr = tracker(epoch, "epoch", float(np.mean(losses)))
+            psnr = tracker(epoch, "epoch", float(np.mean(losses)), optimizer, schedule)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_psnr=f"{psnr:.2f}", best=f"{tracker.best_psnr:.2f}")
         if out_of_time:
             break
@@ -435,16 +540,15 @@ def _train_fast(model: StainNet, train: PairSet, tracker: _Tracker, config: Dist
     # Few distinct pairs (e.g. a classical teacher on flat images): the exact full loss every step.
     full_batch = len(counts) <= config.pixel_batch
     optimizer = torch.optim.Adam(model.parameters(), lr=config.fast_lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.fast_lr, total_steps=config.steps, pct_start=0.05, anneal_strategy="cos"
-    )
+    schedule = warmup_cosine(optimizer, config.steps)
+    first, running = tracker.restore(optimizer, schedule)
 
     def as_image(colours: torch.Tensor) -> torch.Tensor:
         # (N, 3) -> a (1, 3, N, 1) channels-last view: the 1x1 convolutions run as matrix products.
         return colours.reshape(1, -1, 1, 3).permute(0, 3, 1, 2)
 
-    bar = tqdm(range(1, config.steps + 1), desc="distil (fast recipe)", disable=not config.progress, unit="step")
-    running = None
+    bar = tqdm(range(first, config.steps + 1), desc="distil (fast recipe)", disable=not config.progress, unit="step",
+               initial=first - 1, total=config.steps)
     for step in bar:
         if full_batch:
             per_pair = _l1_raw(model, as_image(source), as_image(teacher)).mean(dim=1).flatten()
@@ -458,9 +562,9 @@ def _train_fast(model: StainNet, train: PairSet, tracker: _Tracker, config: Dist
         optimizer.step()
         schedule.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        out_of_time = config.max_seconds is not None and time.perf_counter() - tracker.start > config.max_seconds
+        out_of_time = tracker.out_of_time()
         if step % config.val_every_steps == 0 or step == config.steps or out_of_time:
-            psnr = tracker(step, "step", running)
+            psnr = tracker(step, "step", running, optimizer, schedule)
             bar.set_postfix(loss=f"{running:.4f}", val_psnr=f"{psnr:.2f}", best=f"{tracker.best_psnr:.2f}")
         if out_of_time:
             break
@@ -484,6 +588,7 @@ def distill(
     config: DistillConfig | None = None,
     out_dir: str | Path | None = None,
     card: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> DistillResult:
     """Train a StainNet on (source, teacher) pairs and return the checkpoint with the best validation PSNR.
 
@@ -492,9 +597,17 @@ def distill(
         val: validation pairs for the best-PSNR checkpoint; without them the training pairs are scored.
         config: the recipe and its settings (default: the fast recipe).
         out_dir: if given, the best model is written there with ``save_pretrained`` (config.json,
-            model.safetensors, README.md model card) plus ``distill_history.json``.
+            model.safetensors, README.md model card) plus ``distill_history.json``, the validation
+            curves ``curves.png``, and, at every validation, the resumable ``checkpoints/latest.pt``.
         card: extra model-card fields (``title``, ``source_domain``, ``target_domain``,
             ``training_data``, ``data_terms``, ``load_name``); the metrics are filled in.
+        resume: continue from ``out_dir/checkpoints/latest.pt`` if it exists (after an interruption
+            or ``max_seconds``): the result is that of an uninterrupted run. The checkpoint's network
+            and recipe settings (``RESUME_FIELDS``) must equal ``config``'s.
+
+    Raises:
+        ValueError: without training pairs, with ``resume`` but no ``out_dir``, or if the checkpoint
+            was trained with other settings.
 
     Example:
         >>> from stain_transforms.testing import synthetic_tissue
@@ -502,24 +615,28 @@ def distill(
         >>> pairs = PairSet(["a", "b", "c"], src, [255 - s for s in src])
         >>> result = distill(pairs.subset(["a", "b"]), pairs.subset(["c"]),
         ...                  DistillConfig(steps=60, val_every_steps=30, progress=False))
-        >>> result.best_psnr > 20
-        True
+        >>> result.best_psnr > 20, sorted(result.history[-1])
+        (True, ['loss', 'seconds', 'step', 'val_psnr', 'val_ssim_source', 'val_ssim_target'])
     """
     config = config or DistillConfig()
     if len(train) == 0:
         raise ValueError("no training pairs")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    out_dir = Path(out_dir) if out_dir is not None else None
     device = default_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     model = StainNet(config.n_layer, config.n_channel).to(device)
-    start = time.perf_counter()
-    tracker = _Tracker(model, val, train, device, start)
+    tracker = _Tracker(model, val, train, config, device, out_dir)
+    if resume:
+        tracker.resume()
     model.train()
     if config.recipe == "paper":
         _train_paper(model, train, tracker, config, device)
     else:
         _train_fast(model, train, tracker, config, device)
-    seconds = time.perf_counter() - start
+    seconds = tracker.seconds()
     model.load_state_dict(tracker.best_state)
     model.eval()
     val_metrics = validation_fidelity(model, val, device) if val is not None and len(val) else None
@@ -536,6 +653,7 @@ def distill(
         config=asdict(config),
     )
     if out_dir is not None:
+        result.curves = tracker.plot()
         result.out_dir = save_student(result, out_dir, card)
     return result
 

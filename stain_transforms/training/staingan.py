@@ -1,21 +1,29 @@
 """Train a StainGAN: CycleGAN (Zhu et al., 2017) between two unpaired folders of stain domains.
 
-Two :class:`~stain_transforms.models.StainGANGenerator` (source -> target and back) and two
+Two generators (source -> target and back) and two
 :class:`~stain_transforms.models.PatchGANDiscriminator` are trained with CycleGAN's objective:
 least-squares GAN losses, cycle-consistency L1 (``lambda_cycle``), identity L1
 (``lambda_identity * lambda_cycle``), Adam, a learning rate that is constant for ``epochs`` and
 then decays linearly to zero over ``epochs_decay``, and a pool of past fakes for the
 discriminators. Everything is a field of :class:`StainGANConfig`.
 
+Two things keep the tissue's structure, which a CycleGAN is free to change:
+
+- ``lambda_structure`` adds :func:`~stain_transforms.training.losses.structure_loss` between each
+  real image and its translation (local luma correlation: colour may change, shapes may not);
+- ``generator="pixel"`` trains a StainNet (1x1 convolutions) as the generator: a per-pixel
+  colour map, which cannot move, add or blur anything by construction. Trained this way against
+  the discriminators, it is a StainNet learned from unpaired images with no teacher at all.
+
 The output folder holds the source -> target generator in ``save_pretrained`` form (config.json,
 model.safetensors, README.md model card), the inverse generator in ``inverse/``, per-epoch sample
-grids in ``samples/``, the resumable checkpoint ``checkpoints/latest.pt``, and ``training_log.json``.
+grids in ``samples/``, the resumable checkpoint ``checkpoints/latest.pt``, ``training_log.json``, and
+``curves.png``: the losses and, with validation pairs, PSNR and SSIM per epoch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -33,13 +41,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..metrics import Fidelity, fidelity, mean_fidelity
-from ..models import PatchGANDiscriminator, StainGANGenerator, init_cyclegan_weights
+from ..models import PatchGANDiscriminator, StainGANGenerator, StainNet, init_cyclegan_weights
+from .checkpoints import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .curves import plot_curves
 from .datasets import UnpairedImageDataset, to_tensor, to_uint8
 from .distill import PairSet, default_device
+from .losses import structure_loss
 
 CHECKPOINT = "checkpoints/latest.pt"
 # Fields that fix the networks' shapes: a checkpoint cannot resume under other values.
-ARCHITECTURE_FIELDS = ("ngf", "n_blocks", "ndf", "n_layers_d")
+ARCHITECTURE_FIELDS = ("generator", "ngf", "n_blocks", "pixel_channels", "ndf", "n_layers_d")
+GENERATORS = ("resnet", "pixel")
+LOSS_KEYS = ("G", "cyc", "idt", "str", "D_t", "D_s")
 
 
 @dataclass
@@ -47,8 +60,11 @@ class StainGANConfig:
     """Settings of :func:`train_staingan`; the defaults are CycleGAN's (and StainGAN's ResNet-9 generator).
 
     Args:
-        ngf: generator filters of the first layer (64; 16 or 32 make a compact CPU-sized model).
-        n_blocks: generator residual blocks (9 in StainGAN; fewer for a compact model).
+        generator: ``"resnet"``, CycleGAN's ResNet generator (StainGAN), or ``"pixel"``, a StainNet
+            (three 1x1 convolutions) that can only map colours.
+        ngf: ResNet generator filters of the first layer (64; 16 or 32 make a compact CPU-sized model).
+        n_blocks: ResNet generator residual blocks (9 in StainGAN; fewer for a compact model).
+        pixel_channels: hidden width of the ``"pixel"`` generator (32, as StainNet).
         ndf: discriminator filters of the first layer.
         n_layers_d: discriminator stride-2 layers (3 gives 70x70 patches).
         epochs: epochs at the initial learning rate.
@@ -62,18 +78,23 @@ class StainGANConfig:
         beta2: Adam beta2.
         lambda_cycle: weight of the cycle-consistency L1 losses.
         lambda_identity: identity L1 weight, as a fraction of ``lambda_cycle`` (0 disables it).
+        lambda_structure: weight of the structure term between each real image and its translation
+            (0, CycleGAN's objective, disables it).
         pool_size: past fakes kept for the discriminators (0 disables the pool).
         seed: seeds initialisation, data order, crops and the pool.
         device: torch device (default: CUDA when available, else CPU).
         amp: float16 mixed precision (default: on for CUDA, off on CPU).
         num_workers: DataLoader worker processes.
         n_samples: images per domain in each epoch's sample grid.
+        val_every: score the validation pairs (when given) every this many epochs, for the curves.
         max_seconds: stop at the end of the first epoch past this wall time (checkpoint kept, resumable).
         progress: show a tqdm bar with the losses.
     """
 
+    generator: str = "resnet"
     ngf: int = 64
     n_blocks: int = 9
+    pixel_channels: int = 32
     ndf: int = 64
     n_layers_d: int = 3
     epochs: int = 100
@@ -87,17 +108,21 @@ class StainGANConfig:
     beta2: float = 0.999
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+    lambda_structure: float = 0.0
     pool_size: int = 50
     seed: int = 0
     device: str | None = None
     amp: bool | None = None
     num_workers: int = 0
     n_samples: int = 4
+    val_every: int = 1
     max_seconds: float | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("ngf", "ndf", "n_layers_d", "batch_size", "crop_size"):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+        for name in ("ngf", "pixel_channels", "ndf", "n_layers_d", "batch_size", "crop_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay < 1:
@@ -112,8 +137,8 @@ class StainGANConfig:
             )
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        if self.pool_size < 0 or self.lambda_cycle < 0 or self.lambda_identity < 0:
-            raise ValueError("pool_size, lambda_cycle and lambda_identity must be non-negative")
+        if min(self.pool_size, self.lambda_cycle, self.lambda_identity, self.lambda_structure) < 0:
+            raise ValueError("pool_size, lambda_cycle, lambda_identity and lambda_structure must be non-negative")
 
     @property
     def total_epochs(self) -> int:
@@ -176,8 +201,8 @@ class ImagePool:
 class StainGANResult:
     """What :func:`train_staingan` returns."""
 
-    generator: StainGANGenerator
-    inverse: StainGANGenerator
+    generator: nn.Module
+    inverse: nn.Module
     out_dir: Path
     epochs_done: int
     seconds: float
@@ -200,29 +225,6 @@ def _set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
     for module in modules:
         for parameter in module.parameters():
             parameter.requires_grad_(flag)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    # Write then rename, so an interrupted run never leaves a truncated checkpoint.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
 
 
 def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -256,14 +258,58 @@ def label_rows(grid: np.ndarray, labels: Sequence[str], width: int = LABEL_WIDTH
     return np.asarray(canvas)
 
 
+class PixelGenerator(nn.Module):
+    """A StainNet on CycleGAN's [-1, 1] scale, so that the trainer can use it as a generator.
+
+    Example:
+        >>> g = PixelGenerator(StainNet())
+        >>> x = torch.rand(1, 3, 4, 4)
+        >>> torch.equal(g.translate(x), g.stainnet(x)), g(x * 2 - 1).shape
+        (True, torch.Size([1, 3, 4, 4]))
+    """
+
+    def __init__(self, stainnet: StainNet) -> None:
+        super().__init__()
+        self.stainnet = stainnet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stainnet.forward_raw(x)
+
+    def translate(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.stainnet(rgb)
+
+
+def make_generator(config: StainGANConfig) -> nn.Module:
+    """A freshly initialised generator of ``config.generator``'s kind (on the [-1, 1] scale).
+
+    Example:
+        >>> type(make_generator(StainGANConfig(generator="pixel"))).__name__
+        'PixelGenerator'
+    """
+    if config.generator == "pixel":
+        # PyTorch's default initialisation: CycleGAN's N(0, 0.02) would start a 1x1 network at a constant image.
+        return PixelGenerator(StainNet(n_channel=config.pixel_channels))
+    return init_cyclegan_weights(StainGANGenerator(ngf=config.ngf, n_blocks=config.n_blocks))
+
+
+def exported(generator: nn.Module) -> nn.Module:
+    """The model a user loads: the StainNet inside a :class:`PixelGenerator`, else the generator itself.
+
+    Example:
+        >>> type(exported(PixelGenerator(StainNet()))).__name__
+        'StainNet'
+    """
+    return generator.stainnet if isinstance(generator, PixelGenerator) else generator
+
+
 class _Trainer:
     """The networks, optimisers and state of one CycleGAN run."""
 
     def __init__(self, config: StainGANConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         c = config
-        self.generator = init_cyclegan_weights(StainGANGenerator(ngf=c.ngf, n_blocks=c.n_blocks)).to(device)
-        self.inverse = init_cyclegan_weights(StainGANGenerator(ngf=c.ngf, n_blocks=c.n_blocks)).to(device)
+        self.generator = make_generator(c).to(device)
+        self.inverse = make_generator(c).to(device)
         # disc_target judges target-domain images (real vs generator's fakes), disc_source the reverse.
         self.disc_target = init_cyclegan_weights(PatchGANDiscriminator(ndf=c.ndf, n_layers=c.n_layers_d)).to(device)
         self.disc_source = init_cyclegan_weights(PatchGANDiscriminator(ndf=c.ndf, n_layers=c.n_layers_d)).to(device)
@@ -290,7 +336,7 @@ class _Trainer:
             "schedules": [s.state_dict() for s in self.schedules],
             "scaler": self.scaler.state_dict(),
             "pools": [self.pool_fake_target.state(), self.pool_fake_source.state()],
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "history": history,
         }
 
@@ -304,7 +350,7 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.pool_fake_target.load(state["pools"][0], self.device)
         self.pool_fake_source.load(state["pools"][1], self.device)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         return state["epoch"], state["history"]
 
     def step(self, real_source: torch.Tensor, real_target: torch.Tensor) -> dict[str, float]:
@@ -329,7 +375,12 @@ class _Trainer:
                 identity = weight * (
                     F.l1_loss(self.generator(real_target), real_target) + F.l1_loss(self.inverse(real_source), real_source)
                 )
-            loss_g = gan + cycle + identity
+            structure = torch.zeros((), device=self.device)
+            if c.lambda_structure > 0:
+                structure = c.lambda_structure * (
+                    structure_loss(real_source, fake_target) + structure_loss(real_target, fake_source)
+                )
+            loss_g = gan + cycle + identity + structure
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
@@ -346,6 +397,7 @@ class _Trainer:
             "G": gan.item(),
             "cyc": cycle.item(),
             "idt": identity.item(),
+            "str": structure.item(),
             "D_t": loss_d_target.item(),
             "D_s": loss_d_source.item(),
         }
@@ -376,26 +428,49 @@ class _Trainer:
 
 
 @torch.no_grad()
-def translate_pairs(generator: StainGANGenerator, sources: list[np.ndarray], device: torch.device | str = "cpu") -> list[np.ndarray]:
+def translate_pairs(generator: nn.Module, sources: list[np.ndarray], device: torch.device | str = "cpu") -> list[np.ndarray]:
     """The generator's uint8 output for each HWC uint8 image (whole images, no tiling).
+
+    ``generator`` is a :class:`~stain_transforms.models.StainGANGenerator`, a :class:`PixelGenerator`
+    or any module mapping RGB in [0, 1] to RGB in [0, 1] (a StainNet).
 
     Example:
         >>> translate_pairs(StainGANGenerator(ngf=4, n_blocks=1), [np.zeros((8, 8, 3), np.uint8)])[0].shape
         (8, 8, 3)
     """
     generator.eval()
-    return [to_uint8(generator.translate(to_tensor(s)[None].to(device))[0]) for s in sources]
+    translate = getattr(generator, "translate", generator)
+    return [to_uint8(translate(to_tensor(s)[None].to(device))[0]) for s in sources]
+
+
+def validation_scores(generator: nn.Module, validation: PairSet, device: torch.device | str = "cpu") -> Fidelity:
+    """The paper's metrics of ``generator`` on registered (source, target) pairs.
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> image = synthetic_tissue(32)
+        >>> scores = validation_scores(nn.Identity(), PairSet(["a"], [image], [image]))
+        >>> round(scores.ssim_source, 3), round(scores.ssim_target, 3)
+        (1.0, 1.0)
+    """
+    outputs = translate_pairs(generator, validation.sources, device)
+    return mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, validation.teachers, validation.sources)])
 
 
 def _recipe_text(config: StainGANConfig, device: torch.device, seconds: float, epochs_done: int, steps: int) -> str:
     c = config
+    if c.generator == "pixel":
+        generator = f"generator a StainNet (3 layers of 1x1 convolutions, {c.pixel_channels} channels)"
+    else:
+        generator = f"generator ngf {c.ngf}, {c.n_blocks} residual blocks"
     return (
         f"Trained with `stain_transforms.training.staingan` (`stain-transforms train-staingan`): CycleGAN objective, "
         f"LSGAN adversarial loss, cycle L1 (lambda {c.lambda_cycle:g}), identity L1 ({c.lambda_identity:g} x lambda), "
+        f"structure term {c.lambda_structure:g}, "
         f"Adam lr {c.lr:g}, betas ({c.beta1:g}, {c.beta2:g}), {c.epochs} epochs constant + {c.epochs_decay} linear decay "
         f"({epochs_done} done) of {steps} iterations, batch {c.batch_size}, random {c.crop_size} px crops"
-        f"{' and flips' if c.flip else ''}, image pool {c.pool_size}; generator ngf {c.ngf}, {c.n_blocks} residual "
-        f"blocks; discriminator ndf {c.ndf}, {c.n_layers_d} layers; seed {c.seed}; {device.type}"
+        f"{' and flips' if c.flip else ''}, image pool {c.pool_size}; {generator}; "
+        f"discriminator ndf {c.ndf}, {c.n_layers_d} layers; seed {c.seed}; {device.type}"
         f"{' with AMP' if c.amp or (c.amp is None and device.type == 'cuda') else ''}; {seconds / 60:.1f} min wall time."
     )
 
@@ -440,7 +515,7 @@ def train_staingan(
         >>> config = StainGANConfig(ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=0, crop_size=24, progress=False)
         >>> result = train_staingan(d / "he_a", d / "he_b", d / "run", config)
         >>> sorted(p.name for p in (d / "run").iterdir())
-        ['README.md', 'checkpoints', 'config.json', 'inverse', 'model.safetensors', 'samples', 'training_log.json']
+        ['README.md', 'checkpoints', 'config.json', 'curves.png', 'inverse', 'model.safetensors', 'samples', 'training_log.json']
     """
     config = config or StainGANConfig()
     out_dir = Path(out_dir)
@@ -459,8 +534,10 @@ def train_staingan(
     trainer = _Trainer(config, device)
     start_epoch, history = 0, []
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint_path)  # on the CPU: RNG states must stay there; load_state_dict moves weights
         saved = state["config"]
+        defaults = asdict(StainGANConfig())  # checkpoints older than a field hold its default
+        saved = {k: saved.get(k, defaults[k]) for k in ARCHITECTURE_FIELDS}
         mismatch = [f"{k}: {saved[k]} != {getattr(config, k)}" for k in ARCHITECTURE_FIELDS if saved[k] != getattr(config, k)]
         if mismatch:
             raise ValueError(f"{checkpoint_path} was trained with another architecture ({'; '.join(mismatch)})")
@@ -494,9 +571,14 @@ def train_staingan(
         for schedule in trainer.schedules:
             schedule.step()
         seconds = elapsed_before + time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "seconds": seconds, "lr": lr, **{k: v / steps for k, v in sums.items()}})
+        record = {"epoch": epoch + 1, "seconds": seconds, "lr": lr, **{k: v / steps for k, v in sums.items()}}
+        if validation is not None and len(validation) and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.total_epochs):
+            scores = validation_scores(trainer.generator, validation, device)
+            record.update(val_psnr=scores.psnr_target, val_ssim_target=scores.ssim_target, val_ssim_source=scores.ssim_source)
+        history.append(record)
+        plot_curves(history, out_dir / "curves.png", "epoch", "StainGAN training", loss_keys=LOSS_KEYS)
         trainer.sample_grid(samples_source, samples_target, out_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
-        _atomic_save(trainer.state(epoch + 1, history), checkpoint_path)
+        atomic_save(trainer.state(epoch + 1, history), checkpoint_path)
         epochs_done = epoch + 1
         if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
             break
@@ -505,9 +587,9 @@ def train_staingan(
     seconds = history[-1]["seconds"] if history else 0.0
     val_metrics = None
     if validation is not None and len(validation):
-        outputs = translate_pairs(trainer.generator, validation.sources, device)
-        val_metrics = mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, validation.teachers, validation.sources)])
-    result = StainGANResult(trainer.generator.eval(), trainer.inverse.eval(), out_dir, epochs_done, seconds, history, val_metrics, asdict(config))
+        val_metrics = validation_scores(trainer.generator, validation, device)
+    generator, inverse = exported(trainer.generator).eval(), exported(trainer.inverse).eval()
+    result = StainGANResult(generator, inverse, out_dir, epochs_done, seconds, history, val_metrics, asdict(config))
     _save_generators(result, config, device, steps, card)
     return result
 
@@ -517,7 +599,7 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
     text = [_recipe_text(config, device, result.seconds, result.epochs_done, steps)]
     if result.history:
         last = result.history[-1]
-        text.append("Mean losses of the last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in ("G", "cyc", "idt", "D_t", "D_s")) + ".")
+        text.append("Mean losses of the last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS) + ".")
     if result.val_metrics is not None:
         m = result.val_metrics
         text.append(
@@ -535,4 +617,14 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
     result.generator.to(device), result.inverse.to(device)
 
 
-__all__ = ["ImagePool", "StainGANConfig", "StainGANResult", "label_rows", "train_staingan", "translate_pairs"]
+__all__ = [
+    "ImagePool",
+    "PixelGenerator",
+    "StainGANConfig",
+    "StainGANResult",
+    "label_rows",
+    "make_generator",
+    "train_staingan",
+    "translate_pairs",
+    "validation_scores",
+]

@@ -1,0 +1,202 @@
+"""Train your own: the StainGAN trainer and the teacher-free StainNet trainer, leave-one-slide-out on MITOS.
+
+A user who has images of two scanners and no registered pairs runs ``train-staingan`` (a
+CycleGAN), then ``distill`` (a StainNet on the teacher's outputs), or trains a StainNet directly as a
+CycleGAN generator (``--generator pixel``: no teacher at all). This script does that for each
+recipe in :data:`RECIPES` on the MITOS dev pairs:
+
+- **train** (``--train``): for each fold (a held-out slide, or ``all``), train unpaired on the other
+  slides' Aperio and Hamamatsu patches (``all``: on every slide, as the provided CycleGAN was), then
+  save the model's outputs on all 80 sources to ``FOLD/outputs.npz``. Each fold is a separate,
+  resumable run (``--folds``), so that folds can run side by side, on a GPU for instance;
+- **score** (``--score``): the teacher's outputs on each held-out slide, scored with the paper's
+  metrics (target shifted by ``pairs.csv``, 16 px border); for ResNet teachers, a StainNet distilled
+  (fast recipe) from the fold teacher's outputs on the training slides only, scored on the held-out
+  slide; and the ``all`` fold's outputs on all 80 (unpaired, so the scored targets were seen, as
+  for the provided CycleGAN). Tables go to ``OUT/RECIPE/table.md`` and ``OUT/RECIPE/scores.json``.
+
+During training the registered pairs of the *training* slides are scored every few epochs for the
+curves (``curves.png``); nothing is chosen on them, and the held-out slide is never looked at.
+
+    python benchmarks/train_your_own.py --recipe pixel --train --score [--folds 03 04 05 07 all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fidelity import BLURRED_SLIDE, BORDER, Data, Row, default_data, open_pairs, summarise
+
+from stain_transforms.metrics import crop_border, fidelity
+from stain_transforms.training import DistillConfig, StainGANConfig, distill, split_names, train_staingan
+from stain_transforms.training.distill import PairSet
+from stain_transforms.training.staingan import translate_pairs
+from stain_transforms.training.unpaired import UnpairedStainNetConfig, train_stainnet_unpaired
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDS = ("03", "04", "05", "07", "all")
+# Settings that every recipe shares: a small discriminator and crops, CPU-sized.
+COMMON = dict(ndf=32, n_layers_d=3, crop_size=96, batch_size=2, lambda_identity=0.5, pool_size=50, val_every=5)
+RECIPES: dict[str, dict] = {
+    # CycleGAN's own objective with a compact ResNet generator (the bundled StainGAN's kind).
+    "resnet-compact": dict(COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50),
+    # The same with the structure term.
+    "resnet-compact-structure": dict(
+        COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50, lambda_structure=5.0
+    ),
+    "resnet-compact-structure20": dict(
+        COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50, lambda_structure=20.0
+    ),
+    "resnet-compact-structure10-long": dict(
+        COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=20, epochs_decay=20, steps_per_epoch=50, lambda_structure=10.0
+    ),
+    # A StainNet trained as CycleGAN generator against the discriminators: teacher-free.
+    "pixel-gan": dict(COMMON, generator="pixel", epochs=10, epochs_decay=10, steps_per_epoch=50),
+}
+# Teacher-free StainNets trained by colour-distribution matching (stain_transforms.training.unpaired).
+UNPAIRED: dict[str, dict] = {
+    "pixel-swd": dict(),
+    "pixel-swd-nocycle": dict(lambda_cycle=0.0),
+    "pixel-swd-cycle5": dict(lambda_cycle=5.0),
+}
+MONITOR_PAIRS = 12  # registered training-slide pairs scored for the curves
+
+
+def fold_names(data: Data, fold: str) -> list[str]:
+    """The names a fold trains on: every slide but ``fold`` (all of them for ``"all"``)."""
+    return list(data.names) if fold == "all" else data.fold(fold)[0]
+
+
+def monitor_pairs(data: Data, names: list[str]) -> PairSet:
+    chosen = names[:: max(1, len(names) // MONITOR_PAIRS)][:MONITOR_PAIRS]
+    crop = slice(BORDER, -BORDER)
+    return PairSet(chosen, [data.source[n][crop, crop] for n in chosen], [data.target[n][crop, crop] for n in chosen])
+
+
+def train_fold(data: Data, recipe: str, fold: str, out: Path, device: str | None) -> None:
+    run_dir = out / recipe / f"fold_{fold}"
+    if (run_dir / "outputs.npz").is_file():
+        print(f"{recipe} fold {fold}: done already ({run_dir})", flush=True)
+        return
+    names = fold_names(data, fold)
+    start = time.perf_counter()
+    if recipe in UNPAIRED:
+        config = UnpairedStainNetConfig(**UNPAIRED[recipe], device=device, progress=sys.stderr.isatty())
+        result = train_stainnet_unpaired(
+            [data.source[n] for n in names], [data.target_raw[n] for n in names], config, monitor_pairs(data, names), run_dir
+        )
+        model, done = result.model, f"{config.steps} steps"
+    else:
+        config = StainGANConfig(**RECIPES[recipe], device=device, progress=sys.stderr.isatty())
+        result = train_staingan(
+            data.root / "aperio", data.root / "hamamatsu", run_dir, config, resume=True,
+            validation=monitor_pairs(data, names), source_names=names, target_names=names,
+        )
+        model, done = result.generator, f"{result.epochs_done} epochs"
+    outputs = translate_pairs(model, [data.source[n] for n in data.names], next(model.parameters()).device)
+    np.savez_compressed(run_dir / "outputs.npz", names=np.array(data.names), outputs=np.stack(outputs))
+    print(f"{recipe} fold {fold}: {done} in {result.seconds / 60:.1f} min "
+          f"(this call {(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+
+
+def load_outputs(out: Path, recipe: str, fold: str) -> dict[str, np.ndarray] | None:
+    path = out / recipe / f"fold_{fold}" / "outputs.npz"
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    return dict(zip(saved["names"].tolist(), saved["outputs"]))
+
+
+def training_minutes(out: Path, recipe: str, fold: str) -> float:
+    log = out / recipe / f"fold_{fold}" / "training_log.json"
+    return json.loads(log.read_text())["seconds"] / 60 if log.is_file() else float("nan")
+
+
+def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
+    """The recipe's rows: LOSO teacher, LOSO distilled student (ResNet teachers), all-slides teacher."""
+    per_fold = {fold: load_outputs(out, recipe, fold) for fold in FOLDS}
+    rows = []
+    loso = [s for s in data.slides if per_fold.get(s) is not None]
+    if loso:
+        teacher = Row(f"{recipe}: model, LOSO", f"folds {', '.join(loso)}")
+        for slide in loso:
+            teacher.outputs.update({n: per_fold[slide][n] for n in data.fold(slide)[1]})
+        rows.append(teacher)
+        if RECIPES.get(recipe, {}).get("generator") == "resnet":
+            student = Row(f"{recipe}: StainNet distilled from it, LOSO", "fast recipe, teacher outputs on training slides only")
+            for slide in loso:
+                train, test = data.fold(slide)
+                pairs = PairSet(train, [data.source[n] for n in train], [per_fold[slide][n] for n in train])
+                fit, val = split_names(train, 0.2, seed=seed)
+                result = distill(pairs.subset(fit), pairs.subset(val), DistillConfig(seed=seed, progress=False))
+                outputs = translate_pairs(result.model, [data.source[n] for n in test])
+                student.outputs.update(dict(zip(test, outputs)))
+            rows.append(student)
+    if per_fold.get("all") is not None:
+        rows.append(Row(f"{recipe}: model trained on all slides", "unpaired; saw the scored images", outputs=per_fold["all"]))
+    lines = ["| rows | pairs | SSIM target | PSNR target (dB) | SSIM source |", "|---|---|---|---|---|"]
+    figures = {}
+    for row in rows:
+        names = list(row.outputs)
+        for name in names:
+            row.scores[name] = fidelity(*(crop_border(x, BORDER) for x in (row.outputs[name], data.target[name], data.source[name])))
+        groups = {
+            "all": names,
+            f"without {BLURRED_SLIDE}": [n for n in names if data.slide[n] != BLURRED_SLIDE],
+            f"slide {BLURRED_SLIDE}": [n for n in names if data.slide[n] == BLURRED_SLIDE],
+        }
+        figures[row.label] = {}
+        for group, members in groups.items():
+            if not members:
+                continue
+            s = summarise(row, members)
+            figures[row.label][group] = s
+            lines.append(f"| {row.label} | {group} ({len(members)}) | {s['ssim_target']:.3f} | {s['psnr_target']:.2f} | {s['ssim_source']:.3f} |")
+        figures[row.label]["per_slide_psnr"] = {
+            s: summarise(row, [n for n in names if data.slide[n] == s])["psnr_target"]
+            for s in data.slides if any(data.slide[n] == s for n in names)
+        }
+    minutes = {fold: training_minutes(out, recipe, fold) for fold in FOLDS if per_fold.get(fold) is not None}
+    lines.append("")
+    lines.append("Training time per fold (min): " + ", ".join(f"{f} {m:.1f}" for f, m in minutes.items()))
+    text = "\n".join(lines)
+    (out / recipe / "table.md").write_text(text + "\n")
+    (out / recipe / "scores.json").write_text(json.dumps({"recipe": RECIPES.get(recipe) or UNPAIRED[recipe], "rows": figures, "minutes": minutes}, indent=2) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=default_data())
+    parser.add_argument("--recipe", required=True, choices=[*RECIPES, *UNPAIRED])
+    parser.add_argument("--folds", nargs="*", default=list(FOLDS), choices=list(FOLDS))
+    parser.add_argument("--train", action="store_true", help="train the folds (resumes unfinished ones)")
+    parser.add_argument("--score", action="store_true", help="score the folds that are done")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "train_your_own")
+    parser.add_argument("--device", help="torch device (default: CUDA when available)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    data = open_pairs(args.data)
+    if data is None:
+        return 2
+    torch.set_num_threads(args.threads)
+    if args.train:
+        for fold in args.folds:
+            train_fold(data, args.recipe, fold, args.out, args.device)
+    if args.score:
+        print(score_recipe(data, args.recipe, args.out, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
