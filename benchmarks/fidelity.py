@@ -66,7 +66,7 @@ OFFICIAL = "stainnet_official/checkpoints/aligned_histopathology_dataset/StainNe
 CLASSICAL = {"Reinhard": ReinhardNormalize, "Macenko": MacenkoNormalize, "Vahadane": VahadaneNormalize}
 SHIPPED_STAINNET = "stainnet-mitos-aperio-to-hamamatsu"
 SHIPPED_STAINGAN = "staingan-mitos-aperio-to-hamamatsu"
-SHIPPED_STAINNET_FROM_GAN = "stainnet-mitos-aperio-to-hamamatsu-from-staingan"
+SHIPPED_STAINNET_FROM_CYCLEGAN = "stainnet-mitos-aperio-to-hamamatsu-from-cyclegan-outputs"
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                               "compatibility only; trained on MITOS by its authors"))
     if "shipped" not in args.skip:
         notes = {
-            SHIPPED_STAINNET: "distilled on the CycleGAN outputs of all 80 sources: saw the scored sources, not their targets",
-            SHIPPED_STAINNET_FROM_GAN: "student and StainGAN saw all 80 sources (and, unpaired, the targets): not LOSO",
+            SHIPPED_STAINNET: "student and our StainGAN saw all 80 sources (and, unpaired, the targets): not LOSO",
+            SHIPPED_STAINNET_FROM_CYCLEGAN: "distilled on the CycleGAN outputs of all 80 sources: saw the scored sources, not their targets",
         }
         for name, note in notes.items():
             if name in registry:

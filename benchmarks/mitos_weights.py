@@ -2,21 +2,25 @@
 
 Steps (each optional, in this order):
 
-1. ``--staingan-run DIR``: bundle a StainGAN trained by ``stain-transforms train-staingan`` (the
-   command is in its card) as ``staingan-mitos-aperio-to-hamamatsu``, with the full model card.
+1. ``--staingan-run DIR``: bundle a StainGAN trained by ``stain-transforms train-staingan`` (or by
+   ``benchmarks/train_your_own.py``, whose ``fold_all`` runs are the same trainer on all 80 dev
+   pairs; the equivalent command is in its card) as ``staingan-mitos-aperio-to-hamamatsu``.
 2. ``--stainnet TEACHER``: distil ``stainnet-mitos-aperio-to-hamamatsu`` with our fast recipe from
    all 80 dev pairs (Aperio -> Hamamatsu), the best-PSNR checkpoint on a seeded 20% validation
-   split. ``TEACHER`` is ``cyclegan`` (the provided CycleGAN outputs) or ``registered`` (the
-   Hamamatsu targets shifted by ``pairs.csv``, 16 px border cut): the choice is made by the
-   leave-one-slide-out figures of ``benchmarks/fidelity.py``, never on the shipped model itself.
-3. ``--from-staingan``: distil ``stainnet-mitos-aperio-to-hamamatsu-from-staingan`` from the
-   bundled StainGAN applied to the 80 Aperio images: the paper's whole pipeline on our own weights.
+   split. ``TEACHER`` is ``staingan`` (the bundled StainGAN applied to the Aperio images: the
+   paper's whole pipeline on our own weights), ``cyclegan`` (the provided CycleGAN outputs) or
+   ``registered`` (the Hamamatsu targets shifted by ``pairs.csv``, 16 px border cut). The choice is
+   made by leave-one-slide-out figures (``benchmarks/train_your_own.py``, ``benchmarks/fidelity.py``),
+   never on the shipped model itself.
+3. ``--alternative TEACHER``: the same, bundled as ``stainnet-mitos-aperio-to-hamamatsu-from-...``.
 
-``--fidelity-json`` (written by ``benchmarks/fidelity.py``) puts the leave-one-slide-out figures
-of each recipe into the cards. The images themselves never leave ``../shared/data``.
+``--recipe-scores`` (the ``scores.json`` of ``benchmarks/train_your_own.py``) and ``--fidelity-json``
+(written by ``benchmarks/fidelity.py``) put the leave-one-slide-out figures of the recipe into the
+cards; the shipped model's own figures on the 80 pairs, and the official checkpoint's, are measured
+here. The images themselves never leave ``../shared/data``.
 
-    python benchmarks/mitos_weights.py --staingan-run /tmp/staingan --stainnet registered --from-staingan \\
-        --fidelity-json outputs/fidelity/fidelity.json
+    python benchmarks/mitos_weights.py --staingan-run outputs/train_your_own/RECIPE/fold_all --stainnet staingan \\
+        --recipe-scores outputs/train_your_own/RECIPE/scores.json
 """
 
 from __future__ import annotations
@@ -30,16 +34,24 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fidelity import BLURRED_SLIDE, OFFICIAL, Data, model_row, score, stainnet_transform, summarise
+
 from stain_transforms.evaluation import read_shifts
 from stain_transforms.hub import bundle_weights
-from stain_transforms.models import StainGANGenerator
+from stain_transforms.models import StainGANGenerator, StainNet
 from stain_transforms.training import DistillConfig, distill, pairs_from_folders, pairs_from_teacher, split_names
 from stain_transforms.training.distill import save_student
 
 REPO = Path(__file__).resolve().parents[1]
 STAINNET = "stainnet-mitos-aperio-to-hamamatsu"
 STAINGAN = "staingan-mitos-aperio-to-hamamatsu"
-STAINNET_FROM_GAN = "stainnet-mitos-aperio-to-hamamatsu-from-staingan"
+ALTERNATIVES = {
+    "staingan": f"{STAINNET}-from-staingan",
+    "cyclegan": f"{STAINNET}-from-cyclegan-outputs",
+    "registered": f"{STAINNET}-from-registered-targets",
+}
 HUB_OWNER = "stain-transforms"  # where the weights are meant to be published; the bundled copy is what loads
 
 SOURCE_DOMAIN = "Aperio ScanScope XT scans of H&E breast cancer slides (MITOS-ATYPIA-14, x40)"
@@ -56,6 +68,12 @@ TERMS = (
 )
 SHARED_CPU = (
     "Trained on a shared 2-core CPU (several jobs at once), so the wall times above are not a measure of speed."
+)
+
+# The train-staingan options that the bundled StainGAN's command spells out (the rest are the defaults).
+STAINGAN_OPTIONS = (
+    "generator", "ngf", "n_blocks", "ndf", "n_layers_d", "crop_size", "batch_size", "epochs", "epochs_decay",
+    "steps_per_epoch", "lambda_identity", "lambda_structure", "pool_size", "seed",
 )
 
 FIDELITY_ROWS = {
@@ -121,26 +139,28 @@ def bundle(folder: Path, name: str, training_data: str, description: str) -> Non
     print(f"bundled {entry.name} ({entry.kind}, sha256 {entry.sha256[:12]}...) into {REPO / 'weights' / name}")
 
 
-def ship_staingan(run: Path, fidelity: dict | None) -> None:
+def ship_staingan(run: Path, fidelity: dict | None, recipe: dict | None) -> None:
     log = json.loads((run / "training_log.json").read_text())
     generator = StainGANGenerator.from_pretrained(run)
-    card_metrics = (run / "README.md").read_text().split("## Evaluation", 1)[1].split("## Use", 1)[0].strip()
-    card_metrics = card_metrics.replace(
-        "On the registered validation pairs:",
-        "On the 80 registered pairs it was trained on (unpaired; border 16 px, target shifted):",
-    )
+    # The training card's own Evaluation section, up to the next heading.
+    card_metrics = (run / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0].strip()
+    if recipe:  # the run scored a few training pairs for its curves; the recipe's table scores all 80
+        card_metrics = "\n\n".join(p for p in card_metrics.split("\n\n") if not p.startswith("On the registered validation pairs"))
+    else:
+        card_metrics = card_metrics.replace(
+            "On the registered validation pairs:",
+            "On the 80 registered pairs it was trained on (unpaired; border 16 px, target shifted):",
+        )
     config = log["config"]
-    command = (
-        "stain-transforms train-staingan --source mitos_atypia14_pairs/aperio --target mitos_atypia14_pairs/hamamatsu "
-        f"--out RUN --ngf {config['ngf']} --n-blocks {config['n_blocks']} --ndf {config['ndf']} --crop-size {config['crop_size']} "
-        f"--epochs {config['epochs']} --epochs-decay {config['epochs_decay']} --steps-per-epoch {config['steps_per_epoch']} "
-        f"--seed {config['seed']} --threads 1"
-    )
+    command = "stain-transforms train-staingan --source mitos_atypia14_pairs/aperio --target mitos_atypia14_pairs/hamamatsu --out RUN " + " ".join(
+        f"--{key.replace('_', '-')} {config[key]}" for key in STAINGAN_OPTIONS
+    ) + " --threads 1"
     metrics = "\n\n".join(filter(None, [
         card_metrics,
         f"Command: `{command}` (plus `--resume` to continue an interrupted run).",
-        "A compact generator (CPU-sized); the original StainGAN has ngf 64 and 9 residual blocks. " + SHARED_CPU,
-        fidelity_text(fidelity, "gan"),
+        "A compact generator (CPU-sized); the original StainGAN has ngf 64 and 9 residual blocks. "
+        f"Trained in {log['seconds'] / 60:.1f} min on this project's 2-core CPU. " + SHARED_CPU,
+        recipe_text(recipe) if recipe else fidelity_text(fidelity, "gan"),
     ]))
     with tempfile.TemporaryDirectory() as tmp:
         generator.save_pretrained(tmp, model_card_kwargs={
@@ -153,7 +173,7 @@ def ship_staingan(run: Path, fidelity: dict | None) -> None:
                f"Compact StainGAN (ngf {config['ngf']}, {config['n_blocks']} blocks) trained unpaired by stain_transforms")
 
 
-def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, seed: int) -> None:
+def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, recipe: dict | None, seed: int) -> None:
     if teacher == "cyclegan":
         pairs = pairs_from_folders(data / "aperio", data / "cyclegan_fake_hamamatsu")
         described = "teacher: the provided CycleGAN outputs (`cyclegan_fake_hamamatsu/`, a ResNet-6 CycleGAN trained unpaired on MITOS by others)"
@@ -165,7 +185,8 @@ def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, se
     else:
         gan = StainGANGenerator.from_pretrained(STAINGAN)
         pairs = pairs_from_teacher(data / "aperio", gan, progress=False)
-        described = f"teacher: our StainGAN `{STAINGAN}` applied to the Aperio patches (the paper's pipeline)"
+        described = (f"teacher: our StainGAN `{STAINGAN}` (trained unpaired on the same 80 pairs by stain_transforms) "
+                     "applied to the Aperio patches (the paper's pipeline)")
         option = f"--teacher {STAINGAN}"
     train, val = split_names(pairs.names, 0.2, seed=seed)
     config = DistillConfig(seed=seed, progress=False)
@@ -175,18 +196,74 @@ def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, se
     extra = "\n\n".join(filter(None, [
         ("The validation split is a seeded random 20% of the 80 pairs (all slides), so the figures above are "
         f"not held-out slides; see the leave-one-slide-out figures below. Command: `{command}`. {SHARED_CPU}"),
-        fidelity_text(fidelity, teacher, name),
+        (f"Training time on this project's 2-core CPU, 1 torch thread: {recipe['minutes']['all']:.1f} min for the StainGAN "
+         f"teacher, {result.seconds:.0f} s for this StainNet. The recipe was chosen among those of "
+         "`benchmarks/train_your_own.py` by its fully held-out StainNet row (docs/fidelity.md, \"Train your own\"), "
+         "never by this model's own figures.") if recipe else "",
+        recipe_text(recipe) if recipe else fidelity_text(fidelity, teacher, name),
+        measured_text(result.model, data) if recipe else "",
     ]))
+    short = {"cyclegan": "CycleGAN outputs", "registered": "registered targets", "staingan": "our StainGAN"}[teacher]
     with tempfile.TemporaryDirectory() as tmp:
         save_student(result, tmp, card={
-            "title": f"MITOS-ATYPIA-14 Aperio to Hamamatsu ({'from our StainGAN' if teacher == 'staingan' else teacher + ' teacher'})",
+            "title": f"MITOS-ATYPIA-14 Aperio to Hamamatsu (from {short})",
             "source_domain": SOURCE_DOMAIN, "target_domain": TARGET_DOMAIN,
             "training_data": f"{DATA} {len(train)} patches for training, {len(val)} for the best-PSNR checkpoint; {described}.",
             "data_terms": TERMS, "metrics": extra, "load_name": name,
         })
-        short = "CycleGAN outputs" if teacher == "cyclegan" else "registered targets" if teacher == "registered" else "our StainGAN"
         bundle(Path(tmp), name, f"MITOS-ATYPIA-14 dev pairs, 80 patches, teacher: {short} (research use, no redistribution licence)",
                f"StainNet distilled by stain_transforms from {short} on the MITOS-ATYPIA-14 dev pairs")
+
+
+def recipe_text(recipe: dict) -> str:
+    """The leave-one-slide-out table of a ``benchmarks/train_your_own.py`` recipe (its ``scores.json``)."""
+    lines = [
+        f"### Leave-one-slide-out on the dev pairs (`benchmarks/train_your_own.py --recipe {recipe['name']}`)",
+        "",
+        "Target shifted by pairs.csv, 16 px border cropped. The rows:",
+        "",
+        "- *model, LOSO*: each slide scored by a StainGAN trained unpaired on the other three slides;",
+        ("- *StainNet distilled from it, LOSO*: by a StainNet distilled from that StainGAN's outputs on those three "
+        "slides. Neither saw the scored slide: what to expect on a new slide;"),
+        ("- *model trained on all slides*: the StainGAN trained on all four, as the bundled one was (unpaired, it saw "
+        "the scored images, as the provided CycleGAN did);"),
+        ("- *StainNet distilled from the all-slides model, LOSO*: its students per held-out slide, as the CycleGAN's "
+        "students are scored in `benchmarks/fidelity.py`;"),
+        "- *... on all 80*: the bundled StainNet's recipe (it saw the scored sources).",
+        "",
+        "| model | pairs | SSIM target | PSNR target (dB) | SSIM source |",
+        "|---|---|---|---|---|",
+    ]
+    for label, groups in recipe["rows"].items():
+        for group, m in groups.items():
+            if group != "per_slide_psnr":
+                model = label.split(": ", 1)[-1]
+                lines.append(f"| {model} | {group} | {m['ssim_target']:.3f} | {m['psnr_target']:.2f} | {m['ssim_source']:.3f} |")
+    minutes = ", ".join(f"{fold} {m:.1f}" for fold, m in recipe["minutes"].items())
+    lines += ["", f"StainGAN training time per fold, minutes on a 2-core CPU with 1 torch thread: {minutes}. {SHARED_CPU}"]
+    return "\n".join(lines)
+
+
+def _groups(row, data: Data) -> dict[str, dict[str, float]]:
+    without = [n for n in data.names if data.slide[n] != BLURRED_SLIDE]
+    blurred = [n for n in data.names if data.slide[n] == BLURRED_SLIDE]
+    return {"all": summarise(row, data.names), "without_04": summarise(row, without), "slide_04": summarise(row, blurred)}
+
+
+def measured_text(model: StainNet, root: Path) -> str:
+    """This model's figures on the 80 dev pairs, beside the official checkpoint's (when it is on disk)."""
+    data = Data(root)
+    mine = model_row("this model", stainnet_transform(model), data, "")
+    score(mine, data)
+    lines = ["**This model** on the 80 dev pairs (it saw their sources; its teacher saw, unpaired, their targets):", "",
+             *_metric_rows(_groups(mine, data))]
+    official_path = root.parent / OFFICIAL
+    if official_path.is_file():
+        official = model_row("official", stainnet_transform(StainNet.from_official_checkpoint(official_path)), data, "")
+        score(official, data)
+        lines += ["", "**The official StainNet checkpoint** (aligned histopathology; trained on MITOS by its authors):", "",
+                  *_metric_rows(_groups(official, data))]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,20 +271,25 @@ def main(argv: list[str] | None = None) -> int:
     default = Path(os.environ.get("STAIN_TRANSFORMS_DATA", REPO.parent / "shared" / "data")) / "mitos_atypia14_pairs"
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--staingan-run", type=Path, help="output folder of `stain-transforms train-staingan` to bundle")
-    parser.add_argument("--stainnet", choices=("cyclegan", "registered"), help="distil and bundle the StainNet from this teacher")
-    parser.add_argument("--from-staingan", action="store_true", help="distil and bundle a StainNet from the bundled StainGAN")
+    parser.add_argument("--stainnet", choices=tuple(ALTERNATIVES), help=f"distil and bundle {STAINNET} from this teacher")
+    parser.add_argument("--alternative", choices=tuple(ALTERNATIVES), nargs="*", default=[],
+                        help=f"distil and bundle {STAINNET}-from-TEACHER from these teachers")
+    parser.add_argument("--recipe-scores", type=Path, help="scores.json of benchmarks/train_your_own.py, quoted in the cards")
     parser.add_argument("--fidelity-json", type=Path, help="fidelity.json of benchmarks/fidelity.py, quoted in the cards")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     fidelity = json.loads(args.fidelity_json.read_text()) if args.fidelity_json else None
+    recipe = None
+    if args.recipe_scores:
+        recipe = {**json.loads(args.recipe_scores.read_text()), "name": args.recipe_scores.parent.name}
     if args.staingan_run:
-        ship_staingan(args.staingan_run, fidelity)
+        ship_staingan(args.staingan_run, fidelity, recipe)
     if args.stainnet:
-        ship_stainnet(STAINNET, args.stainnet, args.data, fidelity, args.seed)
-    if args.from_staingan:
-        ship_stainnet(STAINNET_FROM_GAN, "staingan", args.data, fidelity, args.seed)
+        ship_stainnet(STAINNET, args.stainnet, args.data, fidelity, recipe if args.stainnet == "staingan" else None, args.seed)
+    for teacher in args.alternative:
+        ship_stainnet(ALTERNATIVES[teacher], teacher, args.data, fidelity, recipe if teacher == "staingan" else None, args.seed)
     return 0
 
 

@@ -313,7 +313,7 @@ def test_cli_distill_rejects_bad_combinations(folders, tmp_path, capsys):
 
 SHIPPED = {
     "stainnet-mitos-aperio-to-hamamatsu": "stainnet",
-    "stainnet-mitos-aperio-to-hamamatsu-from-staingan": "stainnet",
+    "stainnet-mitos-aperio-to-hamamatsu-from-cyclegan-outputs": "stainnet",
     "staingan-mitos-aperio-to-hamamatsu": "staingan",
 }
 

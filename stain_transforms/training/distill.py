@@ -84,7 +84,7 @@ class DistillConfig:
         lr: paper recipe: SGD learning rate.
         crop_size: paper recipe: random crop side (clipped to the smallest image).
         val_every_epochs: paper recipe: validate every this many epochs (and after the last).
-        steps: fast recipe: Adam steps (one-cycle schedule: short warm-up, then cosine decay).
+        steps: fast recipe: Adam steps (a 5% linear warm-up, then cosine decay to zero).
         pixel_batch: fast recipe: (source, teacher) colour pairs per step.
         fast_lr: fast recipe: peak Adam learning rate.
         val_every_steps: fast recipe: validate every this many steps (and after the last).
@@ -341,8 +341,19 @@ def validation_fidelity(model: StainNet, pairs: PairSet, device: str | torch.dev
         >>> sorted(validation_fidelity(StainNet(), PairSet(["a"], [img], [img])).as_dict())
         ['psnr_target', 'ssim_source', 'ssim_target']
     """
-    outputs = student_outputs(model, pairs.sources, device)
-    return mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, pairs.teachers, pairs.sources)])
+    return score_outputs(student_outputs(model, pairs.sources, device), pairs)
+
+
+def score_outputs(outputs: Sequence[np.ndarray], pairs: PairSet) -> Fidelity:
+    """The paper's three metrics, averaged, of one output per pair of ``pairs`` (teachers as targets).
+
+    Example:
+        >>> from stain_transforms.testing import synthetic_tissue
+        >>> img = synthetic_tissue(32)
+        >>> round(score_outputs([img], PairSet(["a"], [img], [255 - img])).ssim_source, 3)
+        1.0
+    """
+    return mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, pairs.teachers, pairs.sources, strict=True)])
 
 
 # -- training -------------------------------------------------------------------------------

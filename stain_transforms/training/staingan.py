@@ -40,12 +40,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..metrics import Fidelity, fidelity, mean_fidelity
+from ..metrics import Fidelity
 from ..models import PatchGANDiscriminator, StainGANGenerator, StainNet, init_cyclegan_weights
 from .checkpoints import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .curves import plot_curves
 from .datasets import UnpairedImageDataset, to_tensor, to_uint8
-from .distill import PairSet, default_device
+from .distill import PairSet, default_device, score_outputs
 from .losses import structure_loss
 
 CHECKPOINT = "checkpoints/latest.pt"
@@ -449,12 +449,11 @@ def validation_scores(generator: nn.Module, validation: PairSet, device: torch.d
     Example:
         >>> from stain_transforms.testing import synthetic_tissue
         >>> image = synthetic_tissue(32)
-        >>> scores = validation_scores(nn.Identity(), PairSet(["a"], [image], [image]))
-        >>> round(scores.ssim_source, 3), round(scores.ssim_target, 3)
-        (1.0, 1.0)
+        >>> scores = validation_scores(nn.Identity(), PairSet(["a"], [image], [image // 2]))
+        >>> round(scores.ssim_source, 3), scores.psnr_target < 20
+        (1.0, True)
     """
-    outputs = translate_pairs(generator, validation.sources, device)
-    return mean_fidelity([fidelity(o, t, s) for o, t, s in zip(outputs, validation.teachers, validation.sources)])
+    return score_outputs(translate_pairs(generator, validation.sources, device), validation)
 
 
 def _recipe_text(config: StainGANConfig, device: torch.device, seconds: float, epochs_done: int, steps: int) -> str:
@@ -599,7 +598,7 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
     text = [_recipe_text(config, device, result.seconds, result.epochs_done, steps)]
     if result.history:
         last = result.history[-1]
-        text.append("Mean losses of the last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS) + ".")
+        text.append("Mean losses of the last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS if k in last) + ".")
     if result.val_metrics is not None:
         m = result.val_metrics
         text.append(

@@ -43,7 +43,7 @@ class UnpairedStainNetConfig:
     """Settings of :func:`train_stainnet_unpaired`.
 
     Args:
-        steps: Adam steps (one-cycle schedule: short warm-up, then cosine decay).
+        steps: Adam steps (a 5% linear warm-up, then cosine decay to zero).
         pixel_batch: pixels drawn from each domain per step.
         projections: random directions of the sliced Wasserstein distance per step.
         lr: peak Adam learning rate.
@@ -233,7 +233,8 @@ def train_stainnet_unpaired(
                 model.train()
             history.append(record)
             bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()}, refresh=False)
-    model.eval(), inverse.eval()
+    model.eval()
+    inverse.eval()
     val_metrics = validation_fidelity(model, validation, device) if validation is not None and len(validation) else None
     result = UnpairedStainNetResult(model, inverse, time.perf_counter() - start, history, val_metrics, asdict(config))
     if out_dir is not None:
@@ -250,7 +251,7 @@ def _save(result: UnpairedStainNetResult, out_dir: Path, card: dict[str, Any] | 
         f"Trained with `stain_transforms.training.unpaired` (`stain-transforms train-stainnet-unpaired`), no teacher: "
         f"sliced Wasserstein distance between the translated source colours and the target colours "
         f"({c['projections']} random directions per step) plus cycle L1 ({c['lambda_cycle']:g}) through an inverse StainNet; "
-        f"Adam, one-cycle lr {c['lr']:g}, {c['steps']} steps of {c['pixel_batch']} pixels per domain; seed {c['seed']}; "
+        f"Adam, lr {c['lr']:g} with warm-up and cosine decay, {c['steps']} steps of {c['pixel_batch']} pixels per domain; seed {c['seed']}; "
         f"{result.seconds:.0f} s."
     )
     if result.val_metrics is not None:
