@@ -17,8 +17,10 @@ import torch
 from ..files import list_images
 from ..registry import FITTED, build_normalizer, methods
 from .staingan import LOSS_KEYS
+from .unpaired import UnpairedStainNetConfig
 
 CLASSICAL_TEACHERS = methods(FITTED)
+UNPAIRED = UnpairedStainNetConfig()  # the defaults of train-stainnet-unpaired
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -121,15 +123,20 @@ def add_train_staingan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="images per domain in the per-epoch sample grid (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest.pt if present")
     p.add_argument("--overwrite", action="store_true", help="replace a model or checkpoint already in --out")
-    val = p.add_argument_group("optional paired validation (registered targets of some source images)")
+    _add_validation(p, "epochs", 1)
+    _add_common(p)
+    p.set_defaults(run=run_train_staingan)
+    return p
+
+
+def _add_validation(parser: argparse.ArgumentParser, unit: str, every: int) -> None:
+    """The options of the GAN-style trainers' optional paired validation, scored for ``curves.png``."""
+    val = parser.add_argument_group("optional paired validation (registered targets of some source images)")
     val.add_argument("--val-source", help="folder of source images with registered targets")
     val.add_argument("--val-target", help="folder of their registered targets (same file names)")
     val.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx rolled into the targets")
     val.add_argument("--border", type=int, default=0, help="pixels cut from every side when scoring (default: %(default)s)")
-    val.add_argument("--val-every", type=int, default=1, help="score them every this many epochs, for curves.png (default: %(default)s)")
-    _add_common(p)
-    p.set_defaults(run=run_train_staingan)
-    return p
+    val.add_argument("--val-every", type=int, default=every, help=f"score them every this many {unit}, for curves.png (default: %(default)s)")
 
 
 def _validation_pairs(args: argparse.Namespace) -> Any:
@@ -174,7 +181,7 @@ def run_train_staingan(args: argparse.Namespace) -> int:
     print(f"curves: {result.out_dir / 'curves.png'}")
     if result.history:
         last = result.history[-1]
-        print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS))
+        print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS if k in last))
     if result.val_metrics is not None:
         m = result.val_metrics
         print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
@@ -205,19 +212,14 @@ def add_train_stainnet_unpaired_parser(subparsers: Any) -> argparse.ArgumentPars
     p.add_argument("--out", required=True, help="output folder: the model, inverse/, curves.png, training_log.json")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, default=2000, help="default: %(default)s")
-    opt.add_argument("--pixel-batch", type=int, default=4096, help="pixels drawn from each folder per step (default: %(default)s)")
-    opt.add_argument("--projections", type=int, default=32, help="random directions per step (default: %(default)s)")
-    opt.add_argument("--lr", type=float, default=0.005, help="peak Adam learning rate (default: %(default)s)")
-    opt.add_argument("--lambda-cycle", type=float, default=1.0, help="cycle term weight (default: %(default)s)")
-    opt.add_argument("--n-layer", type=int, default=3, help="StainNet layers (default: %(default)s)")
-    opt.add_argument("--n-channel", type=int, default=32, help="StainNet width (default: %(default)s)")
-    val = p.add_argument_group("optional paired validation (registered targets of some source images), for the curves")
-    val.add_argument("--val-source", help="folder of source images with registered targets")
-    val.add_argument("--val-target", help="folder of their registered targets (same file names)")
-    val.add_argument("--shift-csv", help="CSV with pair,shift_dy,shift_dx rolled into the targets")
-    val.add_argument("--border", type=int, default=0, help="pixels cut from every side when scoring (default: %(default)s)")
-    val.add_argument("--val-every", type=int, default=200, help="score them every this many steps (default: %(default)s)")
+    opt.add_argument("--steps", type=int, default=UNPAIRED.steps, help="default: %(default)s")
+    opt.add_argument("--pixel-batch", type=int, default=UNPAIRED.pixel_batch, help="pixels drawn from each folder per step (default: %(default)s)")
+    opt.add_argument("--projections", type=int, default=UNPAIRED.projections, help="random directions per step (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=UNPAIRED.lr, help="peak Adam learning rate (default: %(default)s)")
+    opt.add_argument("--lambda-cycle", type=float, default=UNPAIRED.lambda_cycle, help="cycle term weight (default: %(default)s)")
+    opt.add_argument("--n-layer", type=int, default=UNPAIRED.n_layer, help="StainNet layers (default: %(default)s)")
+    opt.add_argument("--n-channel", type=int, default=UNPAIRED.n_channel, help="StainNet width (default: %(default)s)")
+    _add_validation(p, "steps", UNPAIRED.val_every)
     _add_common(p)
     p.set_defaults(run=run_train_stainnet_unpaired)
     return p
@@ -225,7 +227,7 @@ def add_train_stainnet_unpaired_parser(subparsers: Any) -> argparse.ArgumentPars
 
 def run_train_stainnet_unpaired(args: argparse.Namespace) -> int:
     from ..files import read_rgb
-    from .unpaired import UnpairedStainNetConfig, train_stainnet_unpaired
+    from .unpaired import train_stainnet_unpaired
 
     _check_out(args.out, args.overwrite)
     _set_threads(args)
