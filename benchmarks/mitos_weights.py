@@ -66,6 +66,18 @@ TERMS = (
     "come with no licence to redistribute, and these weights are derived from them. Use them for research, "
     "cite the challenge, and check the terms yourself before any other use. Not for clinical use."
 )
+# The card's front matter and Licence section: the weights carry the data's terms.
+LICENCE = {
+    "license": "other",
+    "license_name": "research-use-only",
+    "license_link": "https://mitos-atypia-14.grand-challenge.org",
+    "license_text": (
+        "Research use only (`license: other`, `license_name: research-use-only`): these weights are derived from the "
+        "MITOS-ATYPIA-14 challenge data (https://mitos-atypia-14.grand-challenge.org), which come for research use with "
+        "no licence to redistribute, so the weights carry the same terms. Not for clinical or commercial use; check the "
+        "challenge's terms before any other use. The stain_transforms code is Apache-2.0."
+    ),
+}
 SHARED_CPU = (
     "Trained on a shared 2-core CPU (several jobs at once), so the wall times above are not a measure of speed."
 )
@@ -167,7 +179,7 @@ def ship_staingan(run: Path, fidelity: dict | None, recipe: dict | None) -> None
             "title": "MITOS-ATYPIA-14 Aperio to Hamamatsu (compact, trained by stain_transforms)",
             "source_domain": SOURCE_DOMAIN, "target_domain": TARGET_DOMAIN,
             "training_data": DATA + " Trained unpaired: the trainer draws source and target patches independently.",
-            "data_terms": TERMS, "metrics": metrics, "load_name": STAINGAN,
+            "data_terms": TERMS, "metrics": metrics, "load_name": STAINGAN, **LICENCE,
         })
         bundle(Path(tmp), STAINGAN, "MITOS-ATYPIA-14 dev pairs, 80 patches per scanner, used unpaired (research use, no redistribution licence)",
                f"Compact StainGAN (ngf {config['ngf']}, {config['n_blocks']} blocks) trained unpaired by stain_transforms")
@@ -209,7 +221,7 @@ def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, re
             "title": f"MITOS-ATYPIA-14 Aperio to Hamamatsu (from {short})",
             "source_domain": SOURCE_DOMAIN, "target_domain": TARGET_DOMAIN,
             "training_data": f"{DATA} {len(train)} patches for training, {len(val)} for the best-PSNR checkpoint; {described}.",
-            "data_terms": TERMS, "metrics": extra, "load_name": name,
+            "data_terms": TERMS, "metrics": extra, "load_name": name, **LICENCE,
         })
         bundle(Path(tmp), name, f"MITOS-ATYPIA-14 dev pairs, 80 patches, teacher: {short} (research use, no redistribution licence)",
                f"StainNet distilled by stain_transforms from {short} on the MITOS-ATYPIA-14 dev pairs")

@@ -65,6 +65,10 @@ RECIPES: dict[str, dict] = {
     "resnet-compact-structure15-seed1": dict(
         COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50, lambda_structure=15.0, seed=1
     ),
+    # A wider generator (ngf 32): more capacity for the colours, at about twice the time.
+    "resnet-ngf32-structure15": dict(
+        COMMON, generator="resnet", ngf=32, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50, lambda_structure=15.0
+    ),
     "resnet-compact-structure20": dict(
         COMMON, generator="resnet", ngf=16, n_blocks=3, epochs=10, epochs_decay=10, steps_per_epoch=50, lambda_structure=20.0
     ),
