@@ -120,6 +120,15 @@ class Data:
         """(training names, scored names) of the fold that holds out ``slide``."""
         return [n for n in self.names if self.slide[n] != slide], [n for n in self.names if self.slide[n] == slide]
 
+    def groups(self, names: list[str] | None = None) -> dict[str, list[str]]:
+        """``names`` (default: all) as the tables split them: all, without the blurred slide, that slide alone."""
+        names = self.names if names is None else list(names)
+        return {
+            "all": names,
+            f"without_{BLURRED_SLIDE}": [n for n in names if self.slide[n] != BLURRED_SLIDE],
+            f"slide_{BLURRED_SLIDE}": [n for n in names if self.slide[n] == BLURRED_SLIDE],
+        }
+
     def images(self, names: list[str]) -> dict[str, np.ndarray]:
         return {n: self.source[n] for n in names}
 
@@ -134,7 +143,8 @@ def open_pairs(data_dir: Path) -> Data | None:
 
 
 def score(row: Row, data: Data) -> None:
-    for name in data.names:
+    """The paper's metrics of each of the row's outputs (target shifted, border cut)."""
+    for name in row.outputs:
         row.scores[name] = fidelity(*(crop_border(x, BORDER) for x in (row.outputs[name], data.target[name], data.source[name])))
 
 
@@ -307,22 +317,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for row in rows:
         score(row, data)
-    without = [n for n in data.names if data.slide[n] != BLURRED_SLIDE]
-    blurred = [n for n in data.names if data.slide[n] == BLURRED_SLIDE]
-    text = "\n\n".join([
-        table(rows, data.names, "All slides"),
-        table(rows, without, f"Without the blurred slide {BLURRED_SLIDE}"),
-        table(rows, blurred, f"Slide {BLURRED_SLIDE} alone (blurred target)"),
-    ])
+    groups = data.groups()
+    titles = ["All slides", f"Without the blurred slide {BLURRED_SLIDE}", f"Slide {BLURRED_SLIDE} alone (blurred target)"]
+    text = "\n\n".join(table(rows, names, title) for names, title in zip(groups.values(), titles, strict=True))
     print()
     print(text)
     (args.out / "fidelity_table.md").write_text(text + "\n")
     figures = {
         row.label: {
             "note": row.note,
-            "all": summarise(row, data.names),
-            "without_04": summarise(row, without),
-            "slide_04": summarise(row, blurred),
+            **{group: summarise(row, names) for group, names in groups.items()},
             "per_slide": {s: mean_fidelity([row.scores[n] for n in data.names if data.slide[n] == s]).as_dict() for s in data.slides},
         }
         for row in rows

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import BLURRED_SLIDE, OFFICIAL, Data, model_row, score, stainnet_transform, summarise
+from fidelity import OFFICIAL, Data, model_row, score, stainnet_transform, summarise
 
 from stain_transforms.evaluation import read_shifts
 from stain_transforms.hub import bundle_weights
@@ -250,16 +250,10 @@ def recipe_text(recipe: dict) -> str:
         for group, m in groups.items():
             if group != "per_slide_psnr":
                 model = label.split(": ", 1)[-1]
-                lines.append(f"| {model} | {group} | {m['ssim_target']:.3f} | {m['psnr_target']:.2f} | {m['ssim_source']:.3f} |")
+                lines.append(f"| {model} | {group.replace('_', ' ')} | {m['ssim_target']:.3f} | {m['psnr_target']:.2f} | {m['ssim_source']:.3f} |")
     minutes = ", ".join(f"{fold} {m:.1f}" for fold, m in recipe["minutes"].items())
     lines += ["", f"StainGAN training time per fold, minutes on a 2-core CPU with 1 torch thread: {minutes}. {SHARED_CPU}"]
     return "\n".join(lines)
-
-
-def _groups(row, data: Data) -> dict[str, dict[str, float]]:
-    without = [n for n in data.names if data.slide[n] != BLURRED_SLIDE]
-    blurred = [n for n in data.names if data.slide[n] == BLURRED_SLIDE]
-    return {"all": summarise(row, data.names), "without_04": summarise(row, without), "slide_04": summarise(row, blurred)}
 
 
 def measured_text(model: StainNet, root: Path) -> str:
@@ -268,13 +262,13 @@ def measured_text(model: StainNet, root: Path) -> str:
     mine = model_row("this model", stainnet_transform(model), data, "")
     score(mine, data)
     lines = ["**This model** on the 80 dev pairs (it saw their sources; its teacher saw, unpaired, their targets):", "",
-             *_metric_rows(_groups(mine, data))]
+             *_metric_rows({g: summarise(mine, names) for g, names in data.groups().items()})]
     official_path = root.parent / OFFICIAL
     if official_path.is_file():
         official = model_row("official", stainnet_transform(StainNet.from_official_checkpoint(official_path)), data, "")
         score(official, data)
         lines += ["", "**The official StainNet checkpoint** (aligned histopathology; trained on MITOS by its authors):", "",
-                  *_metric_rows(_groups(official, data))]
+                  *_metric_rows({g: summarise(official, names) for g, names in data.groups().items()})]
     return "\n".join(lines)
 
 

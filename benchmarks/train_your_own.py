@@ -39,9 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import BLURRED_SLIDE, BORDER, Data, Row, default_data, open_pairs, summarise
+from fidelity import BLURRED_SLIDE, BORDER, Data, Row, default_data, open_pairs, score, summarise
 
-from stain_transforms.metrics import crop_border, fidelity
 from stain_transforms.training import DistillConfig, StainGANConfig, distill, split_names, train_staingan
 from stain_transforms.training.distill import PairSet
 from stain_transforms.training.staingan import translate_pairs
@@ -178,21 +177,15 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
     lines = ["| rows | pairs | SSIM target | PSNR target (dB) | SSIM source |", "|---|---|---|---|---|"]
     figures = {}
     for row in rows:
+        score(row, data)
         names = list(row.outputs)
-        for name in names:
-            row.scores[name] = fidelity(*(crop_border(x, BORDER) for x in (row.outputs[name], data.target[name], data.source[name])))
-        groups = {
-            "all": names,
-            f"without {BLURRED_SLIDE}": [n for n in names if data.slide[n] != BLURRED_SLIDE],
-            f"slide {BLURRED_SLIDE}": [n for n in names if data.slide[n] == BLURRED_SLIDE],
-        }
         figures[row.label] = {}
-        for group, members in groups.items():
+        for group, members in data.groups(names).items():
             if not members:
                 continue
             s = summarise(row, members)
             figures[row.label][group] = s
-            lines.append(f"| {row.label} | {group} ({len(members)}) | {s['ssim_target']:.3f} | {s['psnr_target']:.2f} | {s['ssim_source']:.3f} |")
+            lines.append(f"| {row.label} | {group.replace('_', ' ')} ({len(members)}) | {s['ssim_target']:.3f} | {s['psnr_target']:.2f} | {s['ssim_source']:.3f} |")
         figures[row.label]["per_slide_psnr"] = {
             s: summarise(row, [n for n in names if data.slide[n] == s])["psnr_target"]
             for s in data.slides if any(data.slide[n] == s for n in names)
@@ -208,7 +201,7 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
 
 def summary_table(out: Path) -> str:
     """Every scored recipe's rows in one table (all 80 pairs, and without the blurred slide), with training times."""
-    without = f"without {BLURRED_SLIDE}"
+    without = f"without_{BLURRED_SLIDE}"
     lines = [
         (f"*Written by `python benchmarks/train_your_own.py --summary` on {time.strftime('%Y-%m-%d')}; every model trained "
          f"on a shared 2-core x86-64 CPU, 1 torch thread (torch {torch.__version__.split('+')[0]}), seed 0 unless the "

@@ -139,3 +139,22 @@ def test_cli_distill_resume_continues_a_run_stopped_by_max_seconds(tmp_path, cap
     assert [entry["step"] for entry in summary["history"]] == [1, 30]  # stopped at step 1, then finished
     assert summary["curves"] == str(out / "curves.png")
     assert Path(summary["out_dir"], "model.safetensors").is_file()
+
+
+def test_trainers_warn_and_finish_without_matplotlib(tmp_path, monkeypatch):
+    from stain_transforms.training import curves
+    from stain_transforms.training.unpaired import UnpairedStainNetConfig, train_stainnet_unpaired
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("plotting training curves needs matplotlib")
+
+    monkeypatch.setattr(curves, "plot_curves", no_matplotlib)
+    sources = [synthetic_tissue(32, seed=i) for i in range(2)]
+    with pytest.warns(UserWarning, match="no curves.png"):
+        result = train_stainnet_unpaired(sources, [255 - s for s in sources],
+                                         UnpairedStainNetConfig(steps=20, val_every=10, progress=False), out_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "curves.png").exists()
+    train, val = _pairs()
+    with pytest.warns(UserWarning, match="no curves.png"):
+        distilled = distill(train, val, DistillConfig(**RECIPES["fast"], progress=False), out_dir=tmp_path / "net")
+    assert distilled.curves is None and result.history

@@ -60,6 +60,11 @@ def _check_out(out: str, overwrite: bool, resume: bool | None = None) -> None:
         raise ValueError(f"--out {folder} holds a training checkpoint ({checkpoint}); {hint}, or choose another --out")
 
 
+def _print_curves(out: Path) -> None:
+    if (out / "curves.png").is_file():  # not drawn without matplotlib (the trainer warned)
+        print(f"curves: {out / 'curves.png'}")
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         if args.threads < 1:
@@ -178,7 +183,7 @@ def run_train_staingan(args: argparse.Namespace) -> int:
     kind = "StainNet (pixel generator)" if config.generator == "pixel" else "StainGAN"
     print(f"{kind} (source -> target) saved to {result.out_dir}; the inverse generator to {result.out_dir / 'inverse'}")
     print(f"epochs: {result.epochs_done} of {config.total_epochs}, {result.seconds / 60:.1f} min; samples in {result.out_dir / 'samples'}")
-    print(f"curves: {result.out_dir / 'curves.png'}")
+    _print_curves(result.out_dir)
     if result.history:
         last = result.history[-1]
         print("last epoch's mean losses: " + ", ".join(f"{k} {last[k]:.3f}" for k in LOSS_KEYS if k in last))
@@ -247,8 +252,7 @@ def run_train_stainnet_unpaired(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary(), indent=2, default=str))
         return 0
     print(f"StainNet saved to {result.out_dir} ({result.seconds:.1f} s); the inverse to {Path(args.out) / 'inverse'}")
-    if result.history:
-        print(f"curves: {Path(args.out) / 'curves.png'}")
+    _print_curves(Path(args.out))
     if result.val_metrics is not None:
         m = result.val_metrics
         print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")

@@ -8,6 +8,7 @@ user's pyplot.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,4 +91,28 @@ def plot_curves(
     return path
 
 
-__all__ = ["plot_curves"]
+def write_curves(
+    history: Sequence[dict[str, float]],
+    path: str | Path,
+    x_key: str,
+    title: str,
+    loss_keys: Sequence[str] = ("loss",),
+) -> Path | None:
+    """:func:`plot_curves` for the trainers: without matplotlib (an optional extra), warn and go on training.
+
+    Returns ``path``, or None when nothing was drawn (an empty history, or no matplotlib).
+
+    Example:
+        >>> write_curves([], "unused.png", "step", "distil") is None
+        True
+    """
+    if not history:
+        return None
+    try:
+        return plot_curves(history, path, x_key, title, loss_keys)
+    except ImportError as error:
+        warnings.warn(f"no {Path(path).name}: {error}", stacklevel=2)
+        return None
+
+
+__all__ = ["plot_curves", "write_curves"]

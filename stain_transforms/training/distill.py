@@ -489,17 +489,13 @@ class _Tracker:
 
     def plot(self) -> Path | None:
         """Draw the history into ``curves.png`` (skipped, with a warning, without matplotlib)."""
-        if self.curves_path is None or not self.history:
+        if self.curves_path is None:
             return None
-        from .curves import plot_curves
+        from .curves import write_curves
 
         self.plotted = time.perf_counter()
         unit = "step" if self.config.recipe == "fast" else "epoch"
-        try:
-            return plot_curves(self.history, self.curves_path, unit, f"StainNet distillation ({self.config.recipe} recipe)")
-        except ImportError as error:
-            warnings.warn(f"no {self.curves_path.name}: {error}", stacklevel=2)
-            return None
+        return write_curves(self.history, self.curves_path, unit, f"StainNet distillation ({self.config.recipe} recipe)")
 
 
 class _CropPairs(Dataset):

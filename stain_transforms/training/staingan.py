@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..metrics import Fidelity
 from ..models import PatchGANDiscriminator, StainGANGenerator, StainNet, init_cyclegan_weights
 from .checkpoints import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .curves import plot_curves
+from .curves import write_curves
 from .datasets import UnpairedImageDataset, to_tensor, to_uint8
 from .distill import PairSet, default_device, score_outputs
 from .losses import structure_loss
@@ -575,7 +575,7 @@ def train_staingan(
             scores = validation_scores(trainer.generator, validation, device)
             record.update(val_psnr=scores.psnr_target, val_ssim_target=scores.ssim_target, val_ssim_source=scores.ssim_source)
         history.append(record)
-        plot_curves(history, out_dir / "curves.png", "epoch", "StainGAN training", loss_keys=LOSS_KEYS)
+        write_curves(history, out_dir / "curves.png", "epoch", "StainGAN training", loss_keys=LOSS_KEYS)
         trainer.sample_grid(samples_source, samples_target, out_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
         atomic_save(trainer.state(epoch + 1, history), checkpoint_path)
         epochs_done = epoch + 1
@@ -586,7 +586,11 @@ def train_staingan(
     seconds = history[-1]["seconds"] if history else 0.0
     val_metrics = None
     if validation is not None and len(validation):
-        val_metrics = validation_scores(trainer.generator, validation, device)
+        last = history[-1] if history else {}
+        if "val_psnr" in last and last["epoch"] == epochs_done:  # the last epoch was scored: the model is the same
+            val_metrics = Fidelity(last["val_ssim_target"], last["val_psnr"], last["val_ssim_source"])
+        else:
+            val_metrics = validation_scores(trainer.generator, validation, device)
     generator, inverse = exported(trainer.generator).eval(), exported(trainer.inverse).eval()
     result = StainGANResult(generator, inverse, out_dir, epochs_done, seconds, history, val_metrics, asdict(config))
     _save_generators(result, config, device, steps, card)

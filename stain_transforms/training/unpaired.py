@@ -235,7 +235,8 @@ def train_stainnet_unpaired(
             bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()}, refresh=False)
     model.eval()
     inverse.eval()
-    val_metrics = validation_fidelity(model, validation, device) if validation is not None and len(validation) else None
+    last = history[-1]  # the last step is always scored: these are the returned model's figures
+    val_metrics = Fidelity(last["val_ssim_target"], last["val_psnr"], last["val_ssim_source"]) if "val_psnr" in last else None
     result = UnpairedStainNetResult(model, inverse, time.perf_counter() - start, history, val_metrics, asdict(config))
     if out_dir is not None:
         result.out_dir = _save(result, Path(out_dir), card)
@@ -243,7 +244,7 @@ def train_stainnet_unpaired(
 
 
 def _save(result: UnpairedStainNetResult, out_dir: Path, card: dict[str, Any] | None) -> Path:
-    from .curves import plot_curves
+    from .curves import write_curves
 
     c = result.config
     fields = dict(card or {})
@@ -268,8 +269,7 @@ def _save(result: UnpairedStainNetResult, out_dir: Path, card: dict[str, Any] | 
     inverse_fields.pop("load_name", None)
     result.inverse.cpu().save_pretrained(out_dir / "inverse", model_card_kwargs=inverse_fields)
     (out_dir / "training_log.json").write_text(json.dumps(result.summary() | {"out_dir": str(out_dir)}, indent=2) + "\n")
-    if result.history:
-        plot_curves(result.history, out_dir / "curves.png", "step", "StainNet (unpaired)", loss_keys=("swd", "cyc"))
+    write_curves(result.history, out_dir / "curves.png", "step", "StainNet (unpaired)", loss_keys=("swd", "cyc"))
     return out_dir
 
 
