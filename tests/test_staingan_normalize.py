@@ -196,3 +196,33 @@ def test_argument_checks(generator):
         StainGANNormalize(generator, tile_size=8)
     with pytest.raises(ValueError, match="grayscale"):
         StainGANNormalize(generator)(np.zeros((32, 32), np.uint8))
+
+
+# -- guided filter --------------------------------------------------------------------------------
+
+
+def test_guided_filter_redraws_the_output_with_the_source_edges(generator):
+    from stain_transforms.functional.guided import guided_filter
+
+    plain = StainGANNormalize(generator, tile_size=128, overlap=16)
+    guided = StainGANNormalize(generator, tile_size=128, overlap=16, guided_radius=4, guided_eps=1e-3)
+    batch = tissue_batch(96, seeds=(0, 1))
+    expected = guided_filter(batch, plain(batch), 4, 1e-3).clamp(0, 1)
+    torch.testing.assert_close(guided(batch), expected)
+
+
+def test_guided_settings_are_saved_and_can_be_overridden(generator, tmp_path):
+    StainGANNormalize(generator, tile_size=64, overlap=16, guided_radius=8, guided_eps=1e-4).save_pretrained(tmp_path)
+    loaded = StainGANNormalize.from_pretrained(tmp_path)
+    assert (loaded.guided_radius, loaded.guided_eps) == (8, 1e-4)
+    assert StainGANNormalize.from_pretrained(tmp_path, guided_radius=0).guided_radius == 0
+    image = synthetic_tissue(64, seed=3)
+    assert np.array_equal(loaded(image), StainGANNormalize(generator, tile_size=64, overlap=16, guided_radius=8, guided_eps=1e-4)(image))
+
+
+@pytest.mark.parametrize(("radius", "eps", "message"), [(-1, 1e-3, "guided_radius"), (2.0, 1e-3, "guided_radius"),
+                                                        (True, 1e-3, "guided_radius"), (4, 0.0, "guided_eps"),
+                                                        (4, float("nan"), "guided_eps"), (4, "1e-3", "guided_eps")])
+def test_guided_argument_checks(generator, radius, eps, message):
+    with pytest.raises(ValueError, match=message):
+        StainGANNormalize(generator, guided_radius=radius, guided_eps=eps)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..functional.guided import guided_filter
 from ..functional.tissue import MIN_COLOUR_RANGE, colour_range, informative_images
 from ..hub import resolve_pretrained
 from ..models.hub_mixin import push_folder, save_model_transform, transform_settings
@@ -30,12 +31,24 @@ class StainGANNormalize(StainTransform):
     input it invents colour (instance normalisation maps every flat input to the same output).
     Within a large image, tiles of a single colour are kept as they are for the same reason.
 
+    A generator with a receptive field of many pixels can move, blur or invent edges. With
+    ``guided_radius`` set, each translated tile is passed through a guided filter
+    (:func:`~stain_transforms.functional.guided.guided_filter`) with the source tile as guide: the
+    output becomes a local affine function of the source colours, fitted to the generator's output
+    in windows of side ``2 * guided_radius + 1``, so it keeps the generator's colours and the
+    source's structure. On the MITOS dev pairs this raised the compact StainGAN's SSIM against the
+    source from about 0.87 to 0.92 with PSNR against the target within 0.1 dB (``docs/training.md``).
+
     Args:
         model: a :class:`~stain_transforms.models.StainGANGenerator`.
         tile_size: side of the square tiles (at least 16).
         overlap: minimum overlap between neighbouring tiles (at most ``tile_size // 2``).
         luminosity_threshold: pixels with lightness L*/100 at or above this are background.
         min_tissue_fraction: images with less tissue than this are returned unchanged.
+        guided_radius: window half-side of the guided filter that puts the source's structure
+            back (0, the default, turns it off).
+        guided_eps: the guided filter's ridge, in squared [0, 1] units: colour variation below about
+            ``sqrt(guided_eps)`` within a window counts as flat; smaller keeps finer source structure.
 
     Example:
         >>> from stain_transforms.models import StainGANGenerator
@@ -54,6 +67,8 @@ class StainGANNormalize(StainTransform):
         *,
         luminosity_threshold: float = 0.8,
         min_tissue_fraction: float = 0.01,
+        guided_radius: int = 0,
+        guided_eps: float = 1e-3,
     ) -> None:
         super().__init__()
         if not isinstance(model, StainGANGenerator):
@@ -66,11 +81,17 @@ class StainGANNormalize(StainTransform):
             raise ValueError(f"luminosity_threshold must be in (0, 1], got {luminosity_threshold}")
         if not 0.0 <= min_tissue_fraction <= 1.0:
             raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
+        if isinstance(guided_radius, bool) or not isinstance(guided_radius, int) or guided_radius < 0:
+            raise ValueError(f"guided_radius must be a non-negative integer (0: no guided filter), got {guided_radius!r}")
+        if not (isinstance(guided_eps, (int, float)) and 0 < guided_eps < float("inf")):
+            raise ValueError(f"guided_eps must be a positive number, got {guided_eps!r}")
         self.model = model.eval()
         self.tile_size = tile_size
         self.overlap = overlap
         self.luminosity_threshold = luminosity_threshold
         self.min_tissue_fraction = min_tissue_fraction
+        self.guided_radius = guided_radius
+        self.guided_eps = float(guided_eps)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -80,6 +101,8 @@ class StainGANNormalize(StainTransform):
             "overlap": self.overlap,
             "luminosity_threshold": self.luminosity_threshold,
             "min_tissue_fraction": self.min_tissue_fraction,
+            "guided_radius": self.guided_radius,
+            "guided_eps": self.guided_eps,
         }
 
     # -- loading and saving ------------------------------------------------------------------
@@ -93,6 +116,8 @@ class StainGANNormalize(StainTransform):
         overlap: int | None = None,
         luminosity_threshold: float | None = None,
         min_tissue_fraction: float | None = None,
+        guided_radius: int | None = None,
+        guided_eps: float | None = None,
         map_location: str = "cpu",
         **hub_kwargs: Any,
     ) -> StainGANNormalize:
@@ -117,6 +142,8 @@ class StainGANNormalize(StainTransform):
             "overlap": overlap,
             "luminosity_threshold": luminosity_threshold,
             "min_tissue_fraction": min_tissue_fraction,
+            "guided_radius": guided_radius,
+            "guided_eps": guided_eps,
         }
         saved = transform_settings(folder, cls.__name__)
         settings = {name: saved[name] for name in given if name in saved}  # as saved ...
@@ -184,6 +211,10 @@ class StainGANNormalize(StainTransform):
         # A float batch that autograd tracks keeps its graph (gradients reach the input, and the weights).
         with torch.set_grad_enabled(torch.is_grad_enabled() and tile.requires_grad):
             out = model.translate(tile.to(param.dtype)).to(tile.dtype)
+            if self.guided_radius:
+                # Half precision cannot solve the filter's 3x3 systems; float32 is ample for it.
+                work = torch.promote_types(tile.dtype, torch.float32)
+                out = guided_filter(tile.to(work), out.to(work), self.guided_radius, self.guided_eps).clamp_(0, 1).to(tile.dtype)
         return torch.where(flat[:, None, None, None], tile, out)
 
     def _tiled(self, batch: torch.Tensor) -> torch.Tensor:
