@@ -4,23 +4,28 @@ Steps (each optional, in this order):
 
 1. ``--staingan-run DIR``: bundle a StainGAN trained by ``stain-transforms train-staingan`` (or by
    ``benchmarks/train_your_own.py``, whose ``fold_all`` runs are the same trainer on all 80 dev
-   pairs; the equivalent command is in its card) as ``staingan-mitos-aperio-to-hamamatsu``.
+   pairs; the equivalent command is in its card) as ``staingan-mitos-aperio-to-hamamatsu``, with
+   the guided-filter setting that ``--staingan-scores`` (the recipe's ``scores.json``) chose on
+   all the pairs recorded as its default.
 2. ``--stainnet TEACHER``: distil ``stainnet-mitos-aperio-to-hamamatsu`` with our fast recipe from
    all 80 dev pairs (Aperio -> Hamamatsu), the best-PSNR checkpoint on a seeded 20% validation
-   split. ``TEACHER`` is ``staingan`` (the bundled StainGAN applied to the Aperio images: the
-   paper's whole pipeline on our own weights), ``cyclegan`` (the provided CycleGAN outputs) or
+   split. ``TEACHER`` is ``staingan`` (a StainGAN applied to the Aperio images, without the guided
+   filter: the paper's whole pipeline on our own weights; ``--teacher-run DIR`` names its run,
+   default the bundled StainGAN), ``cyclegan`` (the provided CycleGAN outputs) or
    ``registered`` (the Hamamatsu targets shifted by ``pairs.csv``, 16 px border cut). The choice is
    made by leave-one-slide-out figures (``benchmarks/train_your_own.py``, ``benchmarks/fidelity.py``),
    never on the shipped model itself.
 3. ``--alternative TEACHER``: the same, bundled as ``stainnet-mitos-aperio-to-hamamatsu-from-...``.
 
-``--recipe-scores`` (the ``scores.json`` of ``benchmarks/train_your_own.py``) and ``--fidelity-json``
-(written by ``benchmarks/fidelity.py``) put the leave-one-slide-out figures of the recipe into the
-cards; the shipped model's own figures on the 80 pairs, and the official checkpoint's, are measured
+``--staingan-scores`` and ``--recipe-scores`` (the ``scores.json`` of ``benchmarks/train_your_own.py``
+for the StainGAN's recipe and for the StainNet teacher's) and ``--fidelity-json`` (written by
+``benchmarks/fidelity.py``) put the leave-one-slide-out figures of the recipes into the cards; the shipped model's own figures on the 80 pairs, and the official checkpoint's, are measured
 here. The images themselves never leave ``../shared/data``.
 
-    python benchmarks/mitos_weights.py --staingan-run outputs/train_your_own/RECIPE/fold_all --stainnet staingan \\
-        --recipe-scores outputs/train_your_own/RECIPE/scores.json
+    python benchmarks/mitos_weights.py --staingan-run outputs/train_your_own/RECIPE/fold_all \\
+        --staingan-scores outputs/train_your_own/RECIPE/scores.json
+    python benchmarks/mitos_weights.py --stainnet staingan --teacher-run outputs/train_your_own/TEACHER/fold_all \\
+        --recipe-scores outputs/train_your_own/TEACHER/scores.json
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import OFFICIAL, Data, model_row, score, stainnet_transform, summarise
+from fidelity import OFFICIAL, Data, Row, model_row, score, stainnet_transform, summarise
 
+from stain_transforms import StainGANNormalize
 from stain_transforms.evaluation import read_shifts
 from stain_transforms.hub import bundle_weights
 from stain_transforms.models import StainGANGenerator, StainNet
@@ -151,9 +157,32 @@ def bundle(folder: Path, name: str, training_data: str, description: str) -> Non
     print(f"bundled {entry.name} ({entry.kind}, sha256 {entry.sha256[:12]}...) into {REPO / 'weights' / name}")
 
 
-def ship_staingan(run: Path, fidelity: dict | None, recipe: dict | None) -> None:
+def shipped_guided_setting(recipe: dict | None) -> tuple[int, float]:
+    """The guided filter's (radius, eps) that the recipe's scoring chose on all the pairs; (0, default eps) if none."""
+    chosen = (recipe or {}).get("guided_settings", {}).get("shipped")
+    if not chosen:
+        return 0, 1e-3
+    radius, eps = chosen.split("/")
+    return int(radius), float(eps)
+
+
+def staingan_measured_text(normalize: StainGANNormalize, root: Path) -> str:
+    """The bundled StainGAN's own figures on the 80 dev pairs, without and with its guided filter."""
+    data = Data(root)
+    plain = StainGANNormalize(normalize.model, **{**normalize.config, "guided_radius": 0})
+    lines = []
+    for label, transform in (("without the guided filter (`guided_radius=0`)", plain), ("as loaded (its defaults)", normalize)):
+        row = Row(label, outputs={n: transform(data.source[n]) for n in data.names})
+        score(row, data)
+        lines += [f"**This model {label}** on the 80 dev pairs (unpaired, it saw them all):", "",
+                  *_metric_rows({g: summarise(row, names) for g, names in data.groups().items()}), ""]
+    return "\n".join(lines).strip()
+
+
+def ship_staingan(run: Path, data: Path, fidelity: dict | None, recipe: dict | None) -> None:
     log = json.loads((run / "training_log.json").read_text())
-    generator = StainGANGenerator.from_pretrained(run)
+    radius, eps = shipped_guided_setting(recipe)
+    normalize = StainGANNormalize(StainGANGenerator.from_pretrained(run), guided_radius=radius, guided_eps=eps)
     # The training card's own Evaluation section, up to the next heading.
     card_metrics = (run / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0].strip()
     if recipe:  # the run scored a few training pairs for its curves; the recipe's table scores all 80
@@ -172,10 +201,17 @@ def ship_staingan(run: Path, fidelity: dict | None, recipe: dict | None) -> None
         f"Command: `{command}` (plus `--resume` to continue an interrupted run).",
         "A compact generator (CPU-sized); the original StainGAN has ngf 64 and 9 residual blocks. "
         f"Trained in {log['seconds'] / 60:.1f} min on this project's 2-core CPU. " + SHARED_CPU,
+        (f"`StainGANNormalize.from_pretrained` applies it with a guided filter (`guided_radius={radius}`, "
+         f"`guided_eps={eps:g}`): each translation is redrawn as a local affine function of the source's colours, "
+         "which puts the source's structure back. The setting was chosen among those of `benchmarks/train_your_own.py` "
+         "by the best PSNR keeping SSIM source >= 0.93 on the pairs; pass `guided_radius=0` for the generator alone. "
+         "Distil StainNets from the generator alone (as `stain-transforms distill --teacher` does): their held-out "
+         "PSNR was about 0.1 dB lower when distilled from the filtered outputs.") if radius else "",
+        staingan_measured_text(normalize, data),
         recipe_text(recipe) if recipe else fidelity_text(fidelity, "gan"),
     ]))
     with tempfile.TemporaryDirectory() as tmp:
-        generator.save_pretrained(tmp, model_card_kwargs={
+        normalize.save_pretrained(tmp, model_card_kwargs={
             "title": "MITOS-ATYPIA-14 Aperio to Hamamatsu (compact, trained by stain_transforms)",
             "source_domain": SOURCE_DOMAIN, "target_domain": TARGET_DOMAIN,
             "training_data": DATA + " Trained unpaired: the trainer draws source and target patches independently.",
@@ -185,7 +221,8 @@ def ship_staingan(run: Path, fidelity: dict | None, recipe: dict | None) -> None
                f"Compact StainGAN (ngf {config['ngf']}, {config['n_blocks']} blocks) trained unpaired by stain_transforms")
 
 
-def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, recipe: dict | None, seed: int) -> None:
+def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, recipe: dict | None, seed: int,
+                  teacher_run: Path | None = None) -> None:
     if teacher == "cyclegan":
         pairs = pairs_from_folders(data / "aperio", data / "cyclegan_fake_hamamatsu")
         described = "teacher: the provided CycleGAN outputs (`cyclegan_fake_hamamatsu/`, a ResNet-6 CycleGAN trained unpaired on MITOS by others)"
@@ -195,11 +232,17 @@ def ship_stainnet(name: str, teacher: str, data: Path, fidelity: dict | None, re
         described = "teacher: the registered Hamamatsu targets, shifted by pairs.csv, 16 px border cut (paired supervision)"
         option = "--targets mitos_atypia14_pairs/hamamatsu --shift-csv mitos_atypia14_pairs/pairs.csv --border 16"
     else:
-        gan = StainGANGenerator.from_pretrained(STAINGAN)
+        gan = StainGANGenerator.from_pretrained(teacher_run or STAINGAN)
         pairs = pairs_from_teacher(data / "aperio", gan, progress=False)
-        described = (f"teacher: our StainGAN `{STAINGAN}` (trained unpaired on the same 80 pairs by stain_transforms) "
-                     "applied to the Aperio patches (the paper's pipeline)")
-        option = f"--teacher {STAINGAN}"
+        if teacher_run:
+            trained_by = f"`benchmarks/train_your_own.py --recipe {recipe['name']}`" if recipe else f"a run in {teacher_run.name}"
+            described = (f"teacher: a StainGAN trained unpaired on the same 80 pairs by {trained_by} (not bundled; "
+                         f"`{STAINGAN}` is another recipe's), its generator alone applied to the Aperio patches (the paper's pipeline)")
+            option = "--teacher STAINGAN_RUN"
+        else:
+            described = (f"teacher: our StainGAN `{STAINGAN}` (trained unpaired on the same 80 pairs by stain_transforms), "
+                         "its generator alone applied to the Aperio patches (the paper's pipeline)")
+            option = f"--teacher {STAINGAN}"
     train, val = split_names(pairs.names, 0.2, seed=seed)
     config = DistillConfig(seed=seed, progress=False)
     result = distill(pairs.subset(train), pairs.subset(val), config)
@@ -235,9 +278,11 @@ def recipe_text(recipe: dict) -> str:
         "Target shifted by pairs.csv, 16 px border cropped. The rows:",
         "",
         "- *model, LOSO*: each slide scored by a StainGAN trained unpaired on the other three slides;",
+        ("- *+ guided filter*: the same StainGAN's outputs through the guided filter, its setting chosen per scored "
+         "slide on the other slides' pairs (best PSNR keeping SSIM source >= 0.93);"),
         ("- *StainNet distilled from it, LOSO*: by a StainNet distilled from that StainGAN's outputs on those three "
         "slides. Neither saw the scored slide: what to expect on a new slide;"),
-        ("- *model trained on all slides*: the StainGAN trained on all four, as the bundled one was (unpaired, it saw "
+        ("- *model trained on all slides*: the StainGAN trained on all four, as the bundled ones were (unpaired, it saw "
         "the scored images, as the provided CycleGAN did);"),
         ("- *StainNet distilled from the all-slides model, LOSO*: its students per held-out slide, as the CycleGAN's "
         "students are scored in `benchmarks/fidelity.py`;"),
@@ -272,11 +317,18 @@ def measured_text(model: StainNet, root: Path) -> str:
     return "\n".join(lines)
 
 
+def read_recipe(scores: Path | None) -> dict | None:
+    """A ``scores.json`` of ``benchmarks/train_your_own.py``, with the recipe's name (its folder's)."""
+    return {**json.loads(scores.read_text()), "name": scores.parent.name} if scores else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = Path(os.environ.get("STAIN_TRANSFORMS_DATA", REPO.parent / "shared" / "data")) / "mitos_atypia14_pairs"
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--staingan-run", type=Path, help="output folder of `stain-transforms train-staingan` to bundle")
+    parser.add_argument("--staingan-scores", type=Path, help="scores.json of the bundled StainGAN's recipe (benchmarks/train_your_own.py)")
+    parser.add_argument("--teacher-run", type=Path, help="with --stainnet staingan: the StainGAN run to distil from (default: the bundled one)")
     parser.add_argument("--stainnet", choices=tuple(ALTERNATIVES), help=f"distil and bundle {STAINNET} from this teacher")
     parser.add_argument("--alternative", choices=tuple(ALTERNATIVES), nargs="*", default=[],
                         help=f"distil and bundle {STAINNET}-from-TEACHER from these teachers")
@@ -287,15 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     fidelity = json.loads(args.fidelity_json.read_text()) if args.fidelity_json else None
-    recipe = None
-    if args.recipe_scores:
-        recipe = {**json.loads(args.recipe_scores.read_text()), "name": args.recipe_scores.parent.name}
+    recipe, staingan_recipe = read_recipe(args.recipe_scores), read_recipe(args.staingan_scores)
     if args.staingan_run:
-        ship_staingan(args.staingan_run, fidelity, recipe)
+        ship_staingan(args.staingan_run, args.data, fidelity, staingan_recipe)
     if args.stainnet:
-        ship_stainnet(STAINNET, args.stainnet, args.data, fidelity, recipe if args.stainnet == "staingan" else None, args.seed)
+        ship_stainnet(STAINNET, args.stainnet, args.data, fidelity, recipe if args.stainnet == "staingan" else None, args.seed,
+                      args.teacher_run)
     for teacher in args.alternative:
-        ship_stainnet(ALTERNATIVES[teacher], teacher, args.data, fidelity, recipe if teacher == "staingan" else None, args.seed)
+        ship_stainnet(ALTERNATIVES[teacher], teacher, args.data, fidelity, recipe if teacher == "staingan" else None, args.seed,
+                      args.teacher_run)
     return 0
 
 

@@ -15,7 +15,11 @@ recipe in :data:`RECIPES` on the MITOS dev pairs:
   distilled (fast recipe) from the teacher's outputs on training images only: from each fold's
   teacher (LOSO all through), from the ``all`` teacher per held-out slide (as the CycleGAN's students
   are scored in ``benchmarks/fidelity.py``), and from the ``all`` teacher on all 80 sources (what
-  ``benchmarks/mitos_weights.py`` ships). Tables go to ``OUT/RECIPE/table.md`` and
+  ``benchmarks/mitos_weights.py`` ships). For ResNet teachers, also the teacher with the guided
+  filter (``StainGANNormalize(guided_radius=..., guided_eps=...)``), its setting chosen per held-out
+  slide on the *other* slides' pairs by ``stain_transforms.training.guided.choose_guided`` (the rule
+  that chose the recipe, and that ``train-staingan`` applies to its validation pairs: best PSNR
+  while SSIM source stays >= 0.93). Tables go to ``OUT/RECIPE/table.md`` and
   ``OUT/RECIPE/scores.json``; ``--summary FILE`` gathers every scored recipe into one table.
 
 During training the registered pairs of the *training* slides are scored every few epochs for the
@@ -41,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity import BLURRED_SLIDE, BORDER, Data, Row, default_data, open_pairs, score, summarise
 
+from stain_transforms.metrics import mean_fidelity
 from stain_transforms.training import DistillConfig, StainGANConfig, distill, split_names, train_staingan
 from stain_transforms.training.distill import PairSet
+from stain_transforms.training.guided import GUIDED_SETTINGS, choose_guided, guided_outputs
 from stain_transforms.training.staingan import translate_pairs
 from stain_transforms.training.unpaired import UnpairedStainNetConfig, train_stainnet_unpaired
 
@@ -150,11 +156,40 @@ def distilled_row(label: str, data: Data, folds: list[tuple[list[str], list[str]
     return row
 
 
+def guided_settings(data: Data, outputs: dict[str, np.ndarray]) -> dict[tuple[int, float], Row]:
+    """The teacher's outputs through the guided filter at each of ``GUIDED_SETTINGS``, scored."""
+    names = list(outputs)
+    rows = {}
+    for radius, eps in GUIDED_SETTINGS:
+        redrawn = guided_outputs([data.source[n] for n in names], [outputs[n] for n in names], radius, eps)
+        rows[radius, eps] = Row(f"guided {radius}/{eps:g}", outputs=dict(zip(names, redrawn)))
+        score(rows[radius, eps], data)
+    return rows
+
+
+def chosen_on(rows: dict[tuple[int, float], Row], names: list[str]) -> tuple[int, float]:
+    """The setting that :func:`~stain_transforms.training.guided.choose_guided` picks on ``names``."""
+    return choose_guided({setting: mean_fidelity([row.scores[n] for n in names]) for setting, row in rows.items()})
+
+
+def guided_row(label: str, data: Data, per_slide_rows: dict[str, dict[tuple[int, float], Row]]) -> tuple[Row, dict[str, str]]:
+    """Each slide's outputs at the setting chosen on the other slides' pairs (``per_slide_rows``: the model that scores it)."""
+    row, chosen = Row(label, "guided filter setting chosen on the other slides' pairs"), {}
+    for slide, rows in per_slide_rows.items():
+        train, test = data.fold(slide)
+        setting = chosen_on(rows, train)
+        chosen[slide] = f"{setting[0]}/{setting[1]:g}"
+        row.outputs.update({n: rows[setting].outputs[n] for n in test})
+        row.scores.update({n: rows[setting].scores[n] for n in test})
+    row.note += " (" + ", ".join(f"{s}: radius/eps {c}" for s, c in chosen.items()) + ")"
+    return row, chosen
+
+
 def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
     """The recipe's rows: the model LOSO and trained on all slides, and (ResNet teachers) StainNets distilled from each."""
     per_fold = {fold: load_outputs(out, recipe, fold) for fold in FOLDS}
     is_teacher = RECIPES.get(recipe, {}).get("generator") == "resnet"
-    rows = []
+    rows, guided_choices = [], {}
     loso = [s for s in data.slides if per_fold.get(s) is not None]
     if loso:
         teacher = Row(f"{recipe}: model, LOSO", f"folds {', '.join(loso)}")
@@ -162,12 +197,22 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
             teacher.outputs.update({n: per_fold[slide][n] for n in data.fold(slide)[1]})
         rows.append(teacher)
         if is_teacher:
+            row, guided_choices["loso"] = guided_row(f"{recipe}: model + guided filter, LOSO", data, {
+                slide: guided_settings(data, per_fold[slide]) for slide in loso})
+            rows.append(row)
             folds = [(*data.fold(slide), per_fold[slide]) for slide in loso]
             rows.append(distilled_row(f"{recipe}: StainNet distilled from it, LOSO", data, folds, seed))
     if per_fold.get("all") is not None:
         everywhere = per_fold["all"]
         rows.append(Row(f"{recipe}: model trained on all slides", "unpaired; saw the scored images", outputs=everywhere))
         if is_teacher:
+            settings = guided_settings(data, everywhere)
+            row, guided_choices["all_slides_model"] = guided_row(
+                f"{recipe}: all-slides model + guided filter", data, {slide: settings for slide in data.slides})
+            rows.append(row)
+            # What a shipped model carries: the setting chosen on all the pairs.
+            best = chosen_on(settings, data.names)
+            guided_choices["shipped"] = f"{best[0]}/{best[1]:g}"
             # As the provided CycleGAN's students are scored: the teacher saw every slide (unpaired), the student did not.
             folds = [(*data.fold(slide), everywhere) for slide in data.slides]
             rows.append(distilled_row(f"{recipe}: StainNet distilled from the all-slides model, LOSO", data, folds, seed))
@@ -177,7 +222,8 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
     lines = ["| rows | pairs | SSIM target | PSNR target (dB) | SSIM source |", "|---|---|---|---|---|"]
     figures = {}
     for row in rows:
-        score(row, data)
+        if not row.scores:  # the guided rows come scored
+            score(row, data)
         names = list(row.outputs)
         figures[row.label] = {}
         for group, members in data.groups(names).items():
@@ -193,9 +239,12 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
     minutes = {fold: training_minutes(out, recipe, fold) for fold in FOLDS if per_fold.get(fold) is not None}
     lines.append("")
     lines.append("Training time per fold (min): " + ", ".join(f"{f} {m:.1f}" for f, m in minutes.items()))
+    if guided_choices:
+        lines.append("Guided filter settings (radius/eps) chosen: " + json.dumps(guided_choices))
     text = "\n".join(lines)
     (out / recipe / "table.md").write_text(text + "\n")
-    (out / recipe / "scores.json").write_text(json.dumps({"recipe": RECIPES.get(recipe) or UNPAIRED[recipe], "rows": figures, "minutes": minutes}, indent=2) + "\n")
+    (out / recipe / "scores.json").write_text(json.dumps({"recipe": RECIPES.get(recipe) or UNPAIRED[recipe], "rows": figures, "minutes": minutes,
+                                                          "guided_settings": guided_choices}, indent=2) + "\n")
     return text
 
 

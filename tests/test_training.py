@@ -253,7 +253,19 @@ def test_train_staingan_scores_registered_validation_pairs(folders, tmp_path):
     result = train_staingan(folders["source"], folders["other"], tmp_path / "g",
                             StainGANConfig(**{**TINY_GAN, "epochs_decay": 0}), validation=validation)
     assert result.val_metrics is not None and 0 < result.val_metrics.ssim_source <= 1
-    assert "On the registered validation pairs" in (tmp_path / "g" / "README.md").read_text()
+    card = (tmp_path / "g" / "README.md").read_text()
+    assert "On the registered validation pairs" in card
+    # The guided filter chosen on those pairs is recorded, and the loaded transform applies it.
+    from stain_transforms import StainGANNormalize
+    from stain_transforms.training.distill import score_outputs
+    from stain_transforms.training.guided import GUIDED_SETTINGS
+
+    assert result.guided_setting in GUIDED_SETTINGS and f"guided filter (radius {result.guided_setting[0]}" in card
+    loaded = StainGANNormalize.from_pretrained(tmp_path / "g")
+    assert (loaded.guided_radius, loaded.guided_eps) == result.guided_setting
+    redrawn = score_outputs([loaded(source) for source in validation.sources], validation)
+    assert redrawn.psnr_target == pytest.approx(result.guided_metrics.psnr_target, abs=0.1)  # rounding before vs after the filter
+    assert redrawn.ssim_source == pytest.approx(result.guided_metrics.ssim_source, abs=0.01)
 
 
 # -- the commands ---------------------------------------------------------------------------------

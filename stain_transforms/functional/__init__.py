@@ -8,6 +8,7 @@ from .concentrations import (
     nnls_concentrations,
     stain_transfer,
 )
+from .guided import box_mean, guided_filter
 from .jitter import hed_jitter, stain_jitter
 from .macenko import macenko_from_od, macenko_stain_matrix
 from .reinhard import lab_statistics, reinhard_transfer, reinhard_transfer_from
@@ -22,4 +23,5 @@ __all__ = [
     "macenko_stain_matrix", "macenko_from_od",
     "vahadane_stain_matrix", "vahadane_from_od", "dictionary_learning",
     "hed_jitter", "stain_jitter",
+    "guided_filter", "box_mean",
 ]

@@ -42,10 +42,12 @@ from tqdm.auto import tqdm
 
 from ..metrics import Fidelity
 from ..models import PatchGANDiscriminator, StainGANGenerator, StainNet, init_cyclegan_weights
+from ..models.hub_mixin import add_transform_settings
 from .checkpoints import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .curves import write_curves
 from .datasets import UnpairedImageDataset, to_tensor, to_uint8
 from .distill import PairSet, default_device, score_outputs
+from .guided import GUIDED_SETTINGS, STRUCTURE_FLOOR, choose_guided, guided_outputs
 from .losses import structure_loss
 
 CHECKPOINT = "checkpoints/latest.pt"
@@ -209,6 +211,9 @@ class StainGANResult:
     history: list[dict[str, float]]
     val_metrics: Fidelity | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # The guided filter (radius, eps) chosen on the validation pairs, and its scores there (ResNet generators).
+    guided_setting: tuple[int, float] | None = None
+    guided_metrics: Fidelity | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -217,6 +222,8 @@ class StainGANResult:
             "seconds": self.seconds,
             "final_losses": self.history[-1] if self.history else None,
             "val_metrics_vs_target": self.val_metrics.as_dict() if self.val_metrics else None,
+            "guided_filter": None if self.guided_setting is None else {
+                "radius": self.guided_setting[0], "eps": self.guided_setting[1], "val_metrics_vs_target": self.guided_metrics.as_dict()},
             "config": self.config,
         }
 
@@ -494,7 +501,9 @@ def train_staingan(
         config: the training settings (default: CycleGAN's).
         resume: continue from ``out_dir/checkpoints/latest.pt`` when it exists (the settings that
             fix the architecture must match; the schedule, RNG, optimisers and pools are restored).
-        validation: optional registered (source, target) pairs, scored with the paper's metrics at the end.
+        validation: optional registered (source, target) pairs, scored with the paper's metrics at the end;
+            a ResNet generator's guided filter setting is chosen on them (:mod:`~stain_transforms.training.guided`)
+            and recorded, so that ``StainGANNormalize.from_pretrained(out_dir)`` applies it.
         card: extra model-card fields (``title``, ``source_domain``, ``target_domain``,
             ``training_data``, ``data_terms``, ``load_name``, ``metrics``).
         source_names: use only these file names of ``source_dir`` (default: all).
@@ -593,8 +602,18 @@ def train_staingan(
             val_metrics = validation_scores(trainer.generator, validation, device)
     generator, inverse = exported(trainer.generator).eval(), exported(trainer.inverse).eval()
     result = StainGANResult(generator, inverse, out_dir, epochs_done, seconds, history, val_metrics, asdict(config))
+    if val_metrics is not None and isinstance(generator, StainGANGenerator):
+        result.guided_setting, result.guided_metrics = _choose_guided_filter(generator, validation, device)
     _save_generators(result, config, device, steps, card)
     return result
+
+
+def _choose_guided_filter(generator: StainGANGenerator, validation: PairSet, device: torch.device) -> tuple[tuple[int, float], Fidelity]:
+    """The guided filter setting for ``StainGANNormalize`` chosen on the validation pairs, with its scores there."""
+    outputs = translate_pairs(generator, validation.sources, device)
+    scores = {s: score_outputs(guided_outputs(validation.sources, outputs, *s), validation) for s in GUIDED_SETTINGS}
+    setting = choose_guided(scores)
+    return setting, scores[setting]
 
 
 def _save_generators(result: StainGANResult, config: StainGANConfig, device: torch.device, steps: int, card: dict[str, Any] | None) -> None:
@@ -609,10 +628,21 @@ def _save_generators(result: StainGANResult, config: StainGANConfig, device: tor
             "On the registered validation pairs: "
             f"SSIM target {m.ssim_target:.3f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.3f}."
         )
+    if result.guided_setting is not None:
+        (radius, eps), m = result.guided_setting, result.guided_metrics
+        text.append(
+            f"`StainGANNormalize.from_pretrained` applies it with a guided filter (radius {radius}, eps {eps:g}) that redraws "
+            "each translation with the source's structure, chosen on the validation pairs (the best PSNR among the "
+            f"settings keeping SSIM source >= {STRUCTURE_FLOOR}); there: SSIM target {m.ssim_target:.3f}, "
+            f"PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.3f}. `guided_radius=0` turns it off."
+        )
     if fields.get("metrics"):
         text.append(fields["metrics"])
     fields["metrics"] = "\n\n".join(text)
     result.generator.cpu().save_pretrained(result.out_dir, model_card_kwargs=fields)
+    if result.guided_setting is not None:
+        radius, eps = result.guided_setting
+        add_transform_settings(result.out_dir, "StainGANNormalize", {"guided_radius": radius, "guided_eps": eps})
     inverse_fields = dict(fields, source_domain=fields.get("target_domain"), target_domain=fields.get("source_domain"))
     inverse_fields.pop("load_name", None)
     result.inverse.cpu().save_pretrained(result.out_dir / "inverse", model_card_kwargs=inverse_fields)
