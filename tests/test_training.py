@@ -275,8 +275,10 @@ def test_cli_train_staingan_then_distill_from_it(folders, tmp_path, capsys):
     gan = tmp_path / "gan"
     assert main(["train-staingan", "--source", str(folders["source"]), "--target", str(folders["other"]), "--out", str(gan),
                  "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1", "--epochs-decay", "0",
-                 "--crop-size", "32", "--no-progress"]) == 0
-    assert f"saved to {gan}" in capsys.readouterr().out
+                 "--crop-size", "32", "--no-progress", "--val-source", str(folders["source"]),
+                 "--val-target", str(folders["targets"]), "--shift-csv", str(folders["csv"]), "--border", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"saved to {gan}" in printed and "with the guided filter chosen on them (radius" in printed
     net = tmp_path / "net"
     assert main(["distill", "--source", str(folders["source"]), "--teacher", str(gan), "--out", str(net),
                  "--steps", "30", "--no-progress", "--json"]) == 0

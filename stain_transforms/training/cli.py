@@ -190,6 +190,10 @@ def run_train_staingan(args: argparse.Namespace) -> int:
     if result.val_metrics is not None:
         m = result.val_metrics
         print(f"validation: SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
+    if result.guided_setting is not None:
+        (radius, eps), m = result.guided_setting, result.guided_metrics
+        print(f"with the guided filter chosen on them (radius {radius}, eps {eps:g}; StainGANNormalize.from_pretrained "
+              f"applies it): SSIM target {m.ssim_target:.4f}, PSNR target {m.psnr_target:.2f} dB, SSIM source {m.ssim_source:.4f}")
     return 0
 
 
