@@ -191,6 +191,11 @@ def model_row(label: str, transform: Transform, data: Data, note: str) -> Row:
     return row
 
 
+def generator_alone(normalize: StainGANNormalize) -> StainGANNormalize:
+    """The same StainGAN transform without its guided filter."""
+    return StainGANNormalize(normalize.model, **{**normalize.config, "guided_radius": 0})
+
+
 def stainnet_transform(model: StainNet) -> Transform:
     normalize = StainNetNormalize(model).compile()  # the lookup table, built before timing
     return normalize
@@ -294,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(model_row("our StainGAN", gan, data, "trained unpaired on all 4 slides (not LOSO); as loaded, with its guided filter"
                               if gan.guided_radius else "trained unpaired on all 4 slides (not LOSO)"))
         if gan.guided_radius:
-            alone = StainGANNormalize(generator, **{**gan.config, "guided_radius": 0})
-            rows.append(model_row("our StainGAN, generator alone", alone, data, "the same, guided_radius=0"))
+            rows.append(model_row("our StainGAN, generator alone", generator_alone(gan), data, "the same, guided_radius=0"))
     if "distilled" not in args.skip:
         print("distilling StainNets per fold ...", flush=True)
         rows.append(distilled_loso_row("our StainNet from CycleGAN outputs", "cyclegan", data, config,

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import OFFICIAL, Data, Row, model_row, score, stainnet_transform, summarise
+from fidelity import OFFICIAL, Data, Row, generator_alone, model_row, score, stainnet_transform, summarise
 
 from stain_transforms import StainGANNormalize
 from stain_transforms.evaluation import read_shifts
@@ -157,21 +157,17 @@ def bundle(folder: Path, name: str, training_data: str, description: str) -> Non
     print(f"bundled {entry.name} ({entry.kind}, sha256 {entry.sha256[:12]}...) into {REPO / 'weights' / name}")
 
 
-def shipped_guided_setting(recipe: dict | None) -> tuple[int, float]:
-    """The guided filter's (radius, eps) that the recipe's scoring chose on all the pairs; (0, default eps) if none."""
-    chosen = (recipe or {}).get("guided_settings", {}).get("shipped")
-    if not chosen:
-        return 0, 1e-3
-    radius, eps = chosen.split("/")
-    return int(radius), float(eps)
+def shipped_guided_setting(recipe: dict | None) -> dict[str, float]:
+    """``StainGANNormalize``'s guided filter arguments that the recipe's scoring chose on all the pairs ({} if none)."""
+    return (recipe or {}).get("guided_settings", {}).get("shipped", {})
 
 
 def staingan_measured_text(normalize: StainGANNormalize, root: Path) -> str:
     """The bundled StainGAN's own figures on the 80 dev pairs, without and with its guided filter."""
     data = Data(root)
-    plain = StainGANNormalize(normalize.model, **{**normalize.config, "guided_radius": 0})
     lines = []
-    for label, transform in (("without the guided filter (`guided_radius=0`)", plain), ("as loaded (its defaults)", normalize)):
+    for label, transform in (("without the guided filter (`guided_radius=0`)", generator_alone(normalize)),
+                             ("as loaded (its defaults)", normalize)):
         row = Row(label, outputs={n: transform(data.source[n]) for n in data.names})
         score(row, data)
         lines += [f"**This model {label}** on the 80 dev pairs (unpaired, it saw them all):", "",
@@ -181,8 +177,8 @@ def staingan_measured_text(normalize: StainGANNormalize, root: Path) -> str:
 
 def ship_staingan(run: Path, data: Path, fidelity: dict | None, recipe: dict | None) -> None:
     log = json.loads((run / "training_log.json").read_text())
-    radius, eps = shipped_guided_setting(recipe)
-    normalize = StainGANNormalize(StainGANGenerator.from_pretrained(run), guided_radius=radius, guided_eps=eps)
+    normalize = StainGANNormalize(StainGANGenerator.from_pretrained(run), **shipped_guided_setting(recipe))
+    radius, eps = normalize.guided_radius, normalize.guided_eps
     # The training card's own Evaluation section, up to the next heading.
     card_metrics = (run / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0].strip()
     if recipe:  # the run scored a few training pairs for its curves; the recipe's table scores all 80

@@ -210,9 +210,9 @@ def score_recipe(data: Data, recipe: str, out: Path, seed: int) -> str:
             row, guided_choices["all_slides_model"] = guided_row(
                 f"{recipe}: all-slides model + guided filter", data, {slide: settings for slide in data.slides})
             rows.append(row)
-            # What a shipped model carries: the setting chosen on all the pairs.
-            best = chosen_on(settings, data.names)
-            guided_choices["shipped"] = f"{best[0]}/{best[1]:g}"
+            # What a shipped model carries: the setting chosen on all the pairs, as StainGANNormalize's arguments.
+            radius, eps = chosen_on(settings, data.names)
+            guided_choices["shipped"] = {"guided_radius": radius, "guided_eps": eps}
             # As the provided CycleGAN's students are scored: the teacher saw every slide (unpaired), the student did not.
             folds = [(*data.fold(slide), everywhere) for slide in data.slides]
             rows.append(distilled_row(f"{recipe}: StainNet distilled from the all-slides model, LOSO", data, folds, seed))

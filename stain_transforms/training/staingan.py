@@ -593,24 +593,27 @@ def train_staingan(
     bar.close()
 
     seconds = history[-1]["seconds"] if history else 0.0
-    val_metrics = None
-    if validation is not None and len(validation):
-        last = history[-1] if history else {}
-        if "val_psnr" in last and last["epoch"] == epochs_done:  # the last epoch was scored: the model is the same
-            val_metrics = Fidelity(last["val_ssim_target"], last["val_psnr"], last["val_ssim_source"])
-        else:
-            val_metrics = validation_scores(trainer.generator, validation, device)
     generator, inverse = exported(trainer.generator).eval(), exported(trainer.inverse).eval()
-    result = StainGANResult(generator, inverse, out_dir, epochs_done, seconds, history, val_metrics, asdict(config))
-    if val_metrics is not None and isinstance(generator, StainGANGenerator):
-        result.guided_setting, result.guided_metrics = _choose_guided_filter(generator, validation, device)
+    result = StainGANResult(generator, inverse, out_dir, epochs_done, seconds, history, None, asdict(config))
+    if validation is not None and len(validation):
+        # The final scores, and (ResNet generators) the guided filter's choice, from one translation of the pairs.
+        last = history[-1] if history else {}
+        last_scored = "val_psnr" in last and last["epoch"] == epochs_done  # then the model is the one scored
+        wants_guided = isinstance(generator, StainGANGenerator)
+        outputs = translate_pairs(generator, validation.sources, device) if wants_guided or not last_scored else None
+        if last_scored:
+            result.val_metrics = Fidelity(last["val_ssim_target"], last["val_psnr"], last["val_ssim_source"])
+        else:
+            result.val_metrics = score_outputs(outputs, validation)
+        if wants_guided:
+            result.guided_setting, result.guided_metrics = _choose_guided_filter(outputs, validation)
     _save_generators(result, config, device, steps, card)
     return result
 
 
-def _choose_guided_filter(generator: StainGANGenerator, validation: PairSet, device: torch.device) -> tuple[tuple[int, float], Fidelity]:
-    """The guided filter setting for ``StainGANNormalize`` chosen on the validation pairs, with its scores there."""
-    outputs = translate_pairs(generator, validation.sources, device)
+def _choose_guided_filter(outputs: list[np.ndarray], validation: PairSet) -> tuple[tuple[int, float], Fidelity]:
+    """The guided filter setting for ``StainGANNormalize`` chosen on the validation pairs (the generator's
+    ``outputs`` of their sources), with its scores there."""
     scores = {s: score_outputs(guided_outputs(validation.sources, outputs, *s), validation) for s in GUIDED_SETTINGS}
     setting = choose_guided(scores)
     return setting, scores[setting]
